@@ -1,0 +1,84 @@
+# nvrd developer entry points. Every target installs what it needs (idempotently):
+# CI runs on a clean clone and has nothing that was installed by hand.
+
+SHELL := /bin/bash
+PY := /usr/bin/python3
+VENV := .venv
+VBIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+ARCH := $(shell dpkg --print-architecture)
+DEB := build/deb/nvrd_$(VERSION)_$(ARCH).deb
+
+# Debian packages per purpose. ensure-debs installs only what is missing.
+DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl
+DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
+	smartmontools e2fsprogs xfsprogs udev
+DEBS_DEB := debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc
+DEBS_APPLIANCE := mmdebstrap qemu-system-x86 linux-image-amd64 e2fsprogs
+
+define ensure-debs
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		$(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+endef
+
+.PHONY: help run test unit host vm appliance deb bench deps-dev deps-vm deps-appliance clean
+
+help:
+	@echo "make run        development instance: HTTP 127.0.0.1:8080, HTTPS 127.0.0.1:8443, storage ./var"
+	@echo "make test       all four tiers: unit host vm appliance"
+	@echo "make unit|host|vm|appliance   one tier"
+	@echo "make deb        build $(DEB)"
+	@echo "make bench      benchmarks (print figures, never fail on timing)"
+
+deps-dev: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	$(call ensure-debs,$(DEBS_DEV))
+	[ -x $(VBIN)/python ] || $(PY) -m venv $(VENV)
+	$(VBIN)/pip install -q --upgrade pip
+	$(VBIN)/pip install -q -e '.[test]'
+	touch $@
+
+deps-vm: deps-dev
+	$(call ensure-debs,$(DEBS_VM))
+	[ -x $(VBIN)/vng ] || $(VBIN)/pip install -q virtme-ng
+
+deps-appliance: deps-dev
+	$(call ensure-debs,$(DEBS_APPLIANCE))
+
+var/nvrd.toml: etc/nvrd/dev.toml.in
+	mkdir -p var
+	sed "s|@TOP@|$(CURDIR)|g" $< > $@
+
+run: deps-dev var/nvrd.toml
+	exec $(VBIN)/nvrd --config var/nvrd.toml
+
+test: unit host vm appliance
+
+unit: deps-dev
+	$(VBIN)/pytest -q tests/unit
+
+host: deps-dev
+	$(VBIN)/pytest -q tests/host
+
+vm: deps-vm
+	tests/vm/run
+
+deb: $(DEB)
+$(DEB): pyproject.toml $(shell git ls-files nvrd debian systemd etc 2>/dev/null)
+	$(call ensure-debs,$(DEBS_DEB))
+	tools/build-deb build/deb
+
+appliance: deps-appliance $(DEB)
+	NVRD_DEB=$(DEB) $(VBIN)/pytest -q tests/appliance
+
+bench: deps-dev
+	$(VBIN)/python -m bench
+
+clean:
+	rm -rf build var .stamps
