@@ -1,0 +1,1 @@
+"""The REST API: translates HTTP to calls on the services, and nothing more."""

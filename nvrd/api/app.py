@@ -1,0 +1,67 @@
+"""The application factory: services as cleanup contexts, routes, middlewares."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from nvrd.api import errors, events, jobs, system
+from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS
+from nvrd.bus import Bus
+from nvrd.config import Config
+from nvrd.device import DeviceState
+from nvrd.jobs import Jobs
+from nvrd.logs import LogLevels
+from nvrd.system.tls import TlsService
+
+# JSON requests are small; certificate uploads (later) fit easily too.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def _device_state(app: web.Application) -> AsyncIterator[None]:
+    device = DeviceState(app[CONFIG].daemon.state_dir)
+    await device.open()
+    app[DEVICE] = device
+    yield
+    await device.close()
+
+
+async def _tls(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    tls = TlsService(config.daemon.state_dir / "tls", app[DEVICE].identity.hostname)
+    if config.http.https_port:
+        await asyncio.to_thread(tls.start)
+    app[TLS] = tls
+    yield
+
+
+async def _jobs(app: web.Application) -> AsyncIterator[None]:
+    app[JOBS] = Jobs(app[BUS])
+    yield
+    await app[JOBS].close()
+
+
+async def _end_event_streams(app: web.Application) -> None:
+    # SSE handlers wait on the bus; ending the subscriptions lets them return, so
+    # shutdown doesn't sit out its timeout on open streams.
+    app[BUS].close()
+
+
+def make_app(config: Config, log_levels: LogLevels | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[errors.problem_middleware, errors.body_limit_middleware(MAX_BODY_BYTES)],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app[CONFIG] = config
+    app[BUS] = Bus()
+    if log_levels is None:
+        log_levels = LogLevels()
+        log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
+    app[LOG_LEVELS] = log_levels
+    app.cleanup_ctx.extend([_device_state, _tls, _jobs])
+    app.on_shutdown.append(_end_event_streams)
+    for module in (system, jobs, events):
+        app.add_routes(module.routes)
+    return app

@@ -1,0 +1,75 @@
+"""Device information, the API description, and run-time log levels."""
+
+from __future__ import annotations
+
+import functools
+import json
+from datetime import UTC, datetime
+from importlib.resources import files
+from typing import Any
+
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from nvrd import __version__, logs
+from nvrd.api.jsonio import read_model, respond
+from nvrd.api.keys import DEVICE, LOG_LEVELS
+from nvrd.config import LogLevel
+
+routes = web.RouteTableDef()
+
+PRODUCT = "nvrd"
+
+
+@functools.cache
+def openapi_document() -> str:
+    """openapi.yaml, as JSON. Read once: it ships inside the package."""
+    spec: dict[str, Any] = yaml.safe_load(files("nvrd.api").joinpath("openapi.yaml").read_text())
+    spec["info"]["version"] = __version__
+    return json.dumps(spec)
+
+
+@routes.get("/api/v1/info")
+async def info(request: web.Request) -> web.Response:
+    identity = request.app[DEVICE].identity
+    return respond(
+        {
+            "product": PRODUCT,
+            "version": __version__,
+            "api_version": "v1",
+            "serial": identity.serial,
+            "hostname": identity.hostname,
+            "time": datetime.now(UTC),
+            # No accounts exist until the first administrator is created.
+            "setup_required": True,
+        }
+    )
+
+
+@routes.get("/api/v1/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(text=openapi_document(), content_type="application/json")
+
+
+class LoggingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: LogLevel
+    levels: dict[str, LogLevel] = {}
+
+
+@routes.get("/api/v1/system/logging")
+async def get_logging(request: web.Request) -> web.Response:
+    return respond(_levels(request.app[LOG_LEVELS]))
+
+
+@routes.patch("/api/v1/system/logging")
+async def set_logging(request: web.Request) -> web.Response:
+    """Change levels until the next SIGHUP or restart, which go back to the file."""
+    settings = await read_model(request, LoggingSettings)
+    request.app[LOG_LEVELS].set(settings.level, settings.levels)
+    return respond(_levels(request.app[LOG_LEVELS]))
+
+
+def _levels(levels: logs.LogLevels) -> dict[str, Any]:
+    return {"level": levels.level, "levels": levels.levels}

@@ -1,0 +1,107 @@
+"""Boot-time settings from /etc/nvrd/nvrd.toml, validated before anything starts.
+
+Everything an administrator changes at run time (cameras, accounts, storage layout)
+lives in the state directory instead; this file only says where things are and how
+the daemon listens. A bad file stops start-up with one line that names the file and
+the key: the daemon must never guess at what the administrator meant.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid. str() is the one line to print."""
+
+
+class _Section(BaseModel):
+    # strict: a port written as "80" is a mistake worth reporting, not coercing.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DaemonConfig(_Section):
+    state_dir: Annotated[Path, Field(strict=False)] = Path("/var/lib/nvrd")
+
+
+class LogConfig(_Section):
+    level: LogLevel = "info"
+    levels: dict[str, LogLevel] = {}
+
+
+class StorageConfig(_Section):
+    mode: Literal["managed", "directory"] = "managed"
+    disks: list[str] = []
+    directory: Annotated[Path, Field(strict=False)] = Path("/srv/nvrd")
+
+    @field_validator("disks")
+    @classmethod
+    def _absolute_disks(cls, disks: list[str]) -> list[str]:
+        for pattern in disks:
+            if not pattern.startswith("/dev/"):
+                raise ValueError(f"{pattern!r} is not under /dev/")
+        return disks
+
+
+class HttpConfig(_Section):
+    listen: str = "0.0.0.0"
+    http_port: Port = 80
+    https_port: Port = 443
+
+    @field_validator("listen")
+    @classmethod
+    def _ip_address(cls, listen: str) -> str:
+        ipaddress.ip_address(listen)  # ValueError names the bad value
+        return listen
+
+
+class Config(_Section):
+    daemon: DaemonConfig = DaemonConfig()
+    log: LogConfig = LogConfig()
+    storage: StorageConfig = StorageConfig()
+    http: HttpConfig = HttpConfig()
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    """Parse and validate TOML text; `source` is named in errors."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe(exc)}") from None
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse(text, str(path))
+
+
+def describe(exc: ValidationError) -> str:
+    """One line for the first error, naming the dotted key; later ones are counted."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if "input" in first and not isinstance(first["input"], (dict, list)):
+            message += f" (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{key}: {message}{more}"

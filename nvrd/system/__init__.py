@@ -1,0 +1,1 @@
+"""The host system: network addresses, TLS material, and other OS-level pieces."""
