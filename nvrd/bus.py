@@ -62,8 +62,10 @@ class Subscription:
     def _close_queue(self) -> None:
         self.closed = True
         self._bus._subscriptions.discard(self)
-        # Make room for the sentinel so a waiting reader wakes up.
-        while self._queue.full():
+        # Drop everything still queued, not just enough for the sentinel: the client
+        # resumes from the last event it really received (Last-Event-ID), so dropping
+        # from the middle would lose events for good, while the history replays these.
+        while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(None)
 
