@@ -1,0 +1,17 @@
+"""Run every benchmark and print its figures (see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import daemon_api
+
+
+def main() -> int:
+    print(f"python {sys.version.split()[0]}")
+    daemon_api.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
