@@ -24,10 +24,28 @@ PRODUCT = "nvrd"
 
 @functools.cache
 def openapi_document() -> str:
-    """openapi.yaml, as JSON. Read once: it ships inside the package."""
-    spec: dict[str, Any] = yaml.safe_load(files("nvrd.api").joinpath("openapi.yaml").read_text())
+    """The API description as JSON: openapi/base.yaml plus one fragment per resource
+    (paths and that resource's schemas), so each resource documents itself beside
+    its neighbours without one shared file to edit. Read once: it ships in the package."""
+    folder = files("nvrd.api").joinpath("openapi")
+    spec: dict[str, Any] = yaml.safe_load(folder.joinpath("base.yaml").read_text())
+    fragments = sorted(
+        (f for f in folder.iterdir() if f.name.endswith(".yaml") and f.name != "base.yaml"),
+        key=lambda f: f.name,
+    )
+    for fragment in fragments:
+        part = yaml.safe_load(fragment.read_text())
+        _merge(spec["paths"], part.get("paths", {}), fragment.name)
+        _merge(spec["components"]["schemas"], part.get("components", {}).get("schemas", {}), fragment.name)
     spec["info"]["version"] = __version__
     return json.dumps(spec)
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any], source: str) -> None:
+    clash = into.keys() & new.keys()
+    if clash:
+        raise ValueError(f"openapi/{source} defines {sorted(clash)} again")
+    into.update(new)
 
 
 @routes.get("/api/v1/info")
