@@ -15,6 +15,7 @@ from aiohttp import web
 
 from nvrd.api.jsonio import dumps
 from nvrd.api.keys import BUS
+from nvrd.api.roles import Role, requires
 from nvrd.bus import Event, Overrun
 from nvrd.errors import Invalid
 
@@ -39,6 +40,7 @@ def _after(request: web.Request) -> int | None:
 
 
 @routes.get("/api/v1/events")
+@requires(Role.VIEWER)
 async def events(request: web.Request) -> web.StreamResponse:
     topics = [t for t in request.query.get("topics", "").split(",") if t]
     subscription = request.app[BUS].subscribe(topics, after=_after(request))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from nvrd import __version__, logs
 from nvrd.api.jsonio import read_model, respond
 from nvrd.api.keys import DEVICE, LOG_LEVELS
+from nvrd.api.roles import Role, requires
 from nvrd.config import LogLevel
 
 routes = web.RouteTableDef()
@@ -49,6 +50,7 @@ def _merge(into: dict[str, Any], new: dict[str, Any], source: str) -> None:
 
 
 @routes.get("/api/v1/info")
+@requires(Role.ANONYMOUS)
 async def info(request: web.Request) -> web.Response:
     identity = request.app[DEVICE].identity
     return respond(
@@ -66,6 +68,7 @@ async def info(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/openapi.json")
+@requires(Role.ANONYMOUS)
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(text=openapi_document(), content_type="application/json")
 
@@ -77,11 +80,13 @@ class LoggingSettings(BaseModel):
 
 
 @routes.get("/api/v1/system/logging")
+@requires(Role.ADMIN)
 async def get_logging(request: web.Request) -> web.Response:
     return respond(_levels(request.app[LOG_LEVELS]))
 
 
 @routes.patch("/api/v1/system/logging")
+@requires(Role.ADMIN)
 async def set_logging(request: web.Request) -> web.Response:
     """Change levels until the next SIGHUP or restart, which go back to the file."""
     settings = await read_model(request, LoggingSettings)

@@ -32,3 +32,15 @@ def test_document_describes_exactly_the_routes(tmp_path: Path) -> None:
         if method in ("get", "post", "put", "patch", "delete")
     }
     assert served == described
+
+
+def test_every_route_declares_its_role(tmp_path: Path) -> None:
+    from nvrd.api.roles import required_role
+
+    app = make_app(Config(daemon=DaemonConfig(state_dir=tmp_path)))
+    undeclared = [
+        f"{route.method} {route.resource.canonical}"
+        for route in app.router.routes()
+        if route.method != "HEAD" and required_role(route.handler) is None
+    ]
+    assert undeclared == []
