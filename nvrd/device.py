@@ -22,6 +22,42 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: accounts, API tokens, and the append-only audit log (issue 6).
+    """
+    CREATE TABLE account (
+        name          TEXT PRIMARY KEY,
+        role          TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        password_hash TEXT NOT NULL,
+        ha1_md5       TEXT NOT NULL,
+        ha1_sha256    TEXT NOT NULL,
+        realm         TEXT NOT NULL,
+        created       TEXT NOT NULL,
+        updated       TEXT NOT NULL
+    );
+    CREATE TABLE token (
+        id          TEXT PRIMARY KEY,
+        account     TEXT NOT NULL REFERENCES account (name) ON DELETE CASCADE,
+        name        TEXT NOT NULL,
+        secret_hash TEXT NOT NULL UNIQUE,
+        created     TEXT NOT NULL,
+        expires     TEXT
+    );
+    CREATE TABLE audit (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        time    TEXT NOT NULL,
+        account TEXT,
+        address TEXT,
+        action  TEXT NOT NULL,
+        target  TEXT,
+        result  TEXT NOT NULL,
+        detail  TEXT
+    );
+    CREATE INDEX audit_time ON audit (time);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
 ]
 
 # Values that board vendors leave in DMI when they never set a serial.

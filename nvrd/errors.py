@@ -44,6 +44,17 @@ class Forbidden(NvrdError):
     code = "forbidden"
 
 
+class Unauthenticated(NvrdError):
+    """The request did not prove who it is (401)."""
+
+    code = "unauthenticated"
+
+
+class CredentialFailure(Exception):
+    """Mixin: a wrong password or name. The API counts these toward the brute-force
+    limit of the client's address."""
+
+
 class Gone(NvrdError):
     """A handle whose kernel object has vanished."""
 

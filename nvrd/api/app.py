@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from nvrd.api import errors, events, jobs, system
-from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS
+from nvrd.accounts import AccountsService, ScryptCost
+from nvrd.api import accounts, audit, auth, certificates, errors, events, jobs, session, setup, system, tokens
+from nvrd.api.authstate import Authenticator
+from nvrd.api.keys import ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS
+from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
@@ -26,6 +29,21 @@ async def _device_state(app: web.Application) -> AsyncIterator[None]:
     app[DEVICE] = device
     yield
     await device.close()
+
+
+def _accounts(cost: ScryptCost | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
+        device = app[DEVICE]
+        # The realm names this device, so an HA1 taken from one recorder is no use
+        # on another (docs/design/auth.md).
+        service = AccountsService(device.db, realm=f"nvrd {device.identity.serial}", cost=cost)
+        await service.load()
+        app[ACCOUNTS] = service
+        app[AUTH] = Authenticator(service)
+        app[AUDIT] = AuditLog(device.db)
+        yield
+
+    return accounts_ctx
 
 
 async def _tls(app: web.Application) -> AsyncIterator[None]:
@@ -49,9 +67,18 @@ async def _end_event_streams(app: web.Application) -> None:
     app[BUS].close()
 
 
-def make_app(config: Config, log_levels: LogLevels | None = None) -> web.Application:
+def make_app(
+    config: Config, log_levels: LogLevels | None = None, scrypt: ScryptCost | None = None
+) -> web.Application:
+    """`scrypt` overrides the password hashing cost (tests pass a cheap one)."""
     app = web.Application(
-        middlewares=[errors.problem_middleware, errors.body_limit_middleware(MAX_BODY_BYTES)],
+        middlewares=[
+            auth.access_log_middleware,  # outermost: sees the final status
+            errors.problem_middleware,
+            errors.body_limit_middleware(MAX_BODY_BYTES),
+            auth.auth_middleware,
+            audit.audit_middleware,  # inside auth: knows the account
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
@@ -60,8 +87,8 @@ def make_app(config: Config, log_levels: LogLevels | None = None) -> web.Applica
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
-    app.cleanup_ctx.extend([_device_state, _tls, _jobs])
+    app.cleanup_ctx.extend([_device_state, _accounts(scrypt), _tls, _jobs])
     app.on_shutdown.append(_end_event_streams)
-    for module in (system, jobs, events):
+    for module in (system, jobs, events, setup, accounts, tokens, session, audit, certificates):
         app.add_routes(module.routes)
     return app

@@ -13,9 +13,11 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import LooseHeaders
+from multidict import CIMultiDict
 
 from nvrd.api.jsonio import dumps
-from nvrd.errors import Busy, Conflict, Forbidden, Gone, Invalid, NotFound, NvrdError
+from nvrd.errors import Busy, Conflict, Forbidden, Gone, Invalid, NotFound, NvrdError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ _STATUS_OF: list[tuple[type[NvrdError], int]] = [
     (Invalid, 422),
     (Forbidden, 403),
     (Gone, 410),
+    (Unauthenticated, 401),
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,7 +40,7 @@ def problem(
     status: int,
     detail: str | None = None,
     type_: str = "about:blank",
-    headers: dict[str, str] | None = None,
+    headers: LooseHeaders | None = None,
     **extensions: Any,
 ) -> web.Response:
     body: dict[str, Any] = {"type": type_, "title": HTTPStatus(status).phrase, "status": status}
@@ -73,7 +76,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {h: exc.headers[h] for h in _KEPT_HEADERS if h in exc.headers}
+        # getall: a 401 may carry several WWW-Authenticate challenges.
+        headers: CIMultiDict[str] = CIMultiDict(
+            (h, value) for h in _KEPT_HEADERS for value in exc.headers.getall(h, [])
+        )
         return problem(exc.status, _http_detail(exc), headers=headers, instance=request.path)
     except NvrdError as exc:
         return problem(

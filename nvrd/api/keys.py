@@ -1,9 +1,13 @@
-"""Typed keys for what hangs on the application (aiohttp's web.AppKey)."""
+"""Typed keys for what hangs on the application (web.AppKey) and on a request
+(web.RequestKey)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
+from nvrd.accounts import AccountsService, Principal
+from nvrd.api.authstate import Authenticator
+from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
@@ -17,3 +21,12 @@ JOBS = web.AppKey("jobs", Jobs)
 DEVICE = web.AppKey("device", DeviceState)
 TLS = web.AppKey("tls", TlsService)
 LOG_LEVELS = web.AppKey("log_levels", LogLevels)
+ACCOUNTS = web.AppKey("accounts", AccountsService)
+AUTH = web.AppKey("auth", Authenticator)
+AUDIT = web.AppKey("audit", AuditLog)
+
+# Set by the authentication middleware on every request that reached a handler.
+PRINCIPAL = web.RequestKey("principal", Principal)
+# What an audited change acted on, when the path does not say (e.g. the new
+# account's name in POST /accounts).
+AUDIT_TARGET = web.RequestKey("audit_target", str)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from nvrd import __version__, logs
 from nvrd.api.jsonio import read_model, respond
-from nvrd.api.keys import DEVICE, LOG_LEVELS
+from nvrd.api.keys import ACCOUNTS, DEVICE, LOG_LEVELS
 from nvrd.api.roles import Role, requires
 from nvrd.config import LogLevel
 
@@ -62,7 +62,7 @@ async def info(request: web.Request) -> web.Response:
             "hostname": identity.hostname,
             "time": datetime.now(UTC),
             # No accounts exist until the first administrator is created.
-            "setup_required": True,
+            "setup_required": request.app[ACCOUNTS].setup_required,
         }
     )
 

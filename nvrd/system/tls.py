@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from nvrd.errors import Conflict
+from nvrd.system.certificates import CertificateInfo, CertificateStore
 from nvrd.system.network import IPAddress
 
 log = logging.getLogger(__name__)
@@ -124,12 +127,26 @@ def certificate_addresses(pem: bytes) -> tuple[list[str], list[ipaddress._BaseAd
 
 
 class TlsService:
-    """Owns the server certificate files and the live SSL context built from them."""
+    """Owns the certificates and the live SSL context built from the active one.
+
+    The listener keeps one context for its whole life; its SNI callback (which
+    OpenSSL calls on every handshake, with or without a server name) hands each new
+    connection the context of the active certificate. Activating a certificate
+    builds a fresh context and swaps it in, so the change applies to the next
+    handshake without a restart, and an RSA certificate never sits beside the old
+    ECDSA one (loading a second key type into one context keeps both, and clients
+    may still be served the old one).
+    """
 
     def __init__(self, directory: Path, hostname: str) -> None:
+        self.directory = directory
         self.paths = CertificatePaths.in_dir(directory)
         self.hostname = hostname
-        self._context: ssl.SSLContext | None = None
+        self.store = CertificateStore(directory / "store", _write_private)
+        self._active_file = directory / "active"
+        self._listening: ssl.SSLContext | None = None
+        self._active: ssl.SSLContext | None = None
+        self._lock = threading.Lock()  # store changes run in threads
 
     def start(self) -> None:
         """Make the certificate if missing, then build the context. Blocking: run in
@@ -138,13 +155,84 @@ class TlsService:
 
         if not self.paths.exist():
             ensure_certificate(self.paths, self.hostname, local_addresses())
-        self._context = server_context(self.paths)
+        self._adopt_first()
+        self._active = server_context(self.paths)
+        listening = server_context(self.paths)
+        listening.sni_callback = self._select
+        self._listening = listening
+
+    def _adopt_first(self) -> None:
+        """Put the certificate in use into the store, the first time, as "default"."""
+        if self.store.ids() or not self.paths.exist():
+            return
+        folder = self.store.directory / "default"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(folder / "key.pem", self.paths.key.read_bytes())
+        _write_private(folder / "certificate.pem", self.paths.certificate.read_bytes(), mode=0o644)
+        _write_private(self._active_file, b"default\n", mode=0o644)
+
+    def _select(self, connection: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        active = self._active
+        if active is not None:
+            connection.context = active
 
     @property
     def context(self) -> ssl.SSLContext:
-        if self._context is None:
+        """The listener's context (give it to the site once)."""
+        if self._listening is None:
             raise RuntimeError("TLS is not started")
-        return self._context
+        return self._listening
+
+    @property
+    def started(self) -> bool:
+        return self._listening is not None
 
     def reload(self) -> None:
-        reload(self.context, self.paths)
+        """Build a context from the active files and swap it in (SIGHUP, activate).
+        A broken pair raises and leaves the running context alone."""
+        if self._listening is None:
+            raise RuntimeError("TLS is not started")
+        self._active = server_context(self.paths)
+
+    # --- the store (blocking: call in a thread) -------------------------------------
+
+    def active_id(self) -> str | None:
+        try:
+            return self._active_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def list(self) -> list[CertificateInfo]:
+        return [self.store.get(i) for i in self.store.ids()]
+
+    def activate(self, identifier: str) -> CertificateInfo:
+        with self._lock:
+            chain_pem, key_pem = self.store.files(identifier)
+            self.paths.key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            old = (self.paths.certificate.read_bytes(), self.paths.key.read_bytes()) if self.paths.exist() else None
+            _write_private(self.paths.key, key_pem)
+            _write_private(self.paths.certificate, chain_pem, mode=0o644)
+            if self.started:
+                try:
+                    self.reload()
+                except (OSError, ssl.SSLError):
+                    if old is not None:  # put back what worked
+                        _write_private(self.paths.certificate, old[0], mode=0o644)
+                        _write_private(self.paths.key, old[1])
+                    raise
+            _write_private(self._active_file, identifier.encode() + b"\n", mode=0o644)
+            log.info("HTTPS certificate %r is now active", identifier)
+            return self.store.get(identifier)
+
+    def delete(self, identifier: str) -> None:
+        with self._lock:
+            if identifier == self.active_id():
+                raise Conflict(f"{identifier!r} is the active certificate; activate another first", id=identifier)
+            self.store.delete(identifier)
+
+    def make_self_signed(self, identifier: str, hostname: str | None) -> CertificateInfo:
+        from nvrd.system.network import local_addresses
+
+        certificate, key = make_self_signed(hostname or self.hostname, local_addresses())
+        with self._lock:
+            return self.store.add_self_signed(identifier, certificate, key)

@@ -12,10 +12,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import base64
+import json
+import ssl
+import urllib.error
+import urllib.request
+
 import pytest
 
+from nvrd.accounts import ScryptCost
 from nvrd.api.app import make_app
 from nvrd.config import Config, DaemonConfig, HttpConfig, StorageConfig
+
+# scrypt at a cost that takes microseconds: the host tier checks behaviour, and
+# the real cost is exercised by the daemon-process tests and the benchmark.
+CHEAP_SCRYPT = ScryptCost(n=16, r=8, p=1)
+ADMIN, ADMIN_PASSWORD = "admin", "admin password 1"
+
+INSECURE = ssl.create_default_context()
+INSECURE.check_hostname = False
+INSECURE.verify_mode = ssl.CERT_NONE
 
 
 def free_port() -> int:
@@ -34,8 +50,44 @@ def config(tmp_path: Path) -> Config:
 
 
 @pytest.fixture
+async def anon_client(aiohttp_client, config: Config):
+    """The app before setup, with no credentials."""
+    return await aiohttp_client(make_app(config, scrypt=CHEAP_SCRYPT))
+
+
+@pytest.fixture
 async def client(aiohttp_client, config: Config):
-    return await aiohttp_client(make_app(config))
+    """The app after setup, every request as the administrator (Basic over loopback)."""
+    client = await aiohttp_client(
+        make_app(config, scrypt=CHEAP_SCRYPT), headers={"Authorization": basic(ADMIN, ADMIN_PASSWORD)}
+    )
+    response = await client.post("/api/v1/setup", json={"username": ADMIN, "password": ADMIN_PASSWORD})
+    assert response.status == 201, await response.text()
+    return client
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def call(
+    url: str, method: str = "GET", body: object = None, authorization: str | None = None,
+    timeout: float = 10,
+) -> tuple[int, object]:
+    """One request with urllib; (status, JSON body or None)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if authorization:
+        request.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=INSECURE) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
 
 
 @dataclass
@@ -64,6 +116,14 @@ class DaemonProcess:
             text=True,
             env={**os.environ, **self.env},
         )
+
+    def setup_admin(self) -> str:
+        """Create the first administrator; returns its Basic Authorization value."""
+        status, body = call(
+            self.http + "/api/v1/setup", "POST", {"username": ADMIN, "password": ADMIN_PASSWORD}
+        )
+        assert status == 201, body
+        return basic(ADMIN, ADMIN_PASSWORD)
 
     def wait_listening(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -14,8 +14,8 @@ from nvrd.jobs import JobContext
 PROBLEM = "application/problem+json"
 
 
-async def test_info_is_anonymous_and_complete(client) -> None:
-    response = await client.get("/api/v1/info")
+async def test_info_is_anonymous_and_complete(anon_client) -> None:
+    response = await anon_client.get("/api/v1/info")
     assert response.status == 200
     info = await response.json()
     assert info["product"] == "nvrd"
@@ -27,8 +27,10 @@ async def test_info_is_anonymous_and_complete(client) -> None:
 async def test_serial_survives_restart(aiohttp_client, config) -> None:
     from nvrd.api.app import make_app
 
-    first = await (await (await aiohttp_client(make_app(config))).get("/api/v1/info")).json()
-    second = await (await (await aiohttp_client(make_app(config))).get("/api/v1/info")).json()
+    from .conftest import CHEAP_SCRYPT
+
+    first = await (await (await aiohttp_client(make_app(config, scrypt=CHEAP_SCRYPT))).get("/api/v1/info")).json()
+    second = await (await (await aiohttp_client(make_app(config, scrypt=CHEAP_SCRYPT))).get("/api/v1/info")).json()
     assert first["serial"] == second["serial"]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from nvrd.system.tls import certificate_addresses
 
-from .conftest import DaemonProcess, write_config
+from .conftest import DaemonProcess, call, write_config
 
 INSECURE = ssl.create_default_context()
 INSECURE.check_hostname = False
@@ -67,6 +67,7 @@ def test_old_tls_is_refused(daemon_process: DaemonProcess) -> None:
 def test_huge_body_and_garbage_leave_it_running(daemon_process: DaemonProcess) -> None:
     daemon_process.start()
     daemon_process.wait_listening()
+    authorization = daemon_process.setup_admin()
     body = b"{" * (10 * 1024 * 1024)
     request = urllib.request.Request(
         daemon_process.http + "/api/v1/system/logging", data=body, method="PATCH",
@@ -86,7 +87,7 @@ def test_huge_body_and_garbage_leave_it_running(daemon_process: DaemonProcess) -
         raw.recv(1024)
     request = urllib.request.Request(
         daemon_process.http + "/api/v1/system/logging", data=b'{"level":', method="PATCH",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": authorization},
     )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
@@ -98,14 +99,21 @@ def test_huge_body_and_garbage_leave_it_running(daemon_process: DaemonProcess) -
 def test_sighup_reloads_log_levels(daemon_process: DaemonProcess) -> None:
     daemon_process.start()
     daemon_process.wait_listening()
-    assert get_json(daemon_process.http + "/api/v1/system/logging")[1]["level"] == "info"
+    authorization = daemon_process.setup_admin()
+
+    def level() -> str:
+        status, body = call(daemon_process.http + "/api/v1/system/logging", authorization=authorization)
+        assert status == 200, body
+        return body["level"]
+
+    assert level() == "info"
     write_config(
         daemon_process.config_path, daemon_process.state_dir,
         daemon_process.http_port, daemon_process.https_port, level="debug",
     )
     daemon_process.signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
-    while get_json(daemon_process.http + "/api/v1/system/logging")[1]["level"] != "debug":
+    while level() != "debug":
         assert time.monotonic() < deadline, "SIGHUP did not reload the log level"
         time.sleep(0.1)
     # A broken file on reload is refused and the daemon keeps running.
