@@ -11,7 +11,7 @@ ARCH := $(shell dpkg --print-architecture)
 DEB := build/deb/nvrd_$(VERSION)_$(ARCH).deb
 
 # Debian packages per purpose. ensure-debs installs only what is missing.
-DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl
+DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl iproute2
 DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
 	smartmontools e2fsprogs xfsprogs udev
 DEBS_DEB := debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc

@@ -78,7 +78,7 @@ def cleartext_password_allowed(request: web.Request) -> bool:
 async def identify(request: web.Request, auth: Authenticator) -> Principal | None:
     """The principal the request proves, None if it offers no credentials.
     Raises Refused for wrong or unusable credentials."""
-    header = request.headers.get("Authorization")
+    header = request.headers.get("Authorization", "").strip() or None
     if header is None:
         session_id = request.cookies.get(SESSION_COOKIE)
         if session_id is None:

@@ -27,7 +27,7 @@ from nvrd.accounts import digest_hash
 ALGORITHMS = ("SHA-256", "MD5")
 REPLAY_WINDOW = 256
 
-_PARAM = re.compile(r'\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))\s*(?:,|$)')
+_PARAM = re.compile(r'\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))\s*(?:,|$)')
 
 
 def parse_params(text: str) -> dict[str, str] | None:

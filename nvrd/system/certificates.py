@@ -107,7 +107,11 @@ def load_chain(pem: bytes, field: str = "certificate") -> list[x509.Certificate]
 def order_chain(key: PrivateKey, certificates: list[x509.Certificate], field: str) -> list[x509.Certificate]:
     """The leaf (the certificate of this key) first, then the rest as given."""
     mine = _public_der(key.public_key())
-    leaf = next((c for c in certificates if _public_der(c.public_key()) == mine), None)
+    # The leaf is the one certificate that issued none of the others; the key must
+    # be its key (an intermediate's key would make a CA certificate the server's).
+    ends = [c for c in certificates if not any(o is not c and o.issuer == c.subject for o in certificates)]
+    candidates = ends if len(ends) == 1 else certificates
+    leaf = next((c for c in candidates if _public_der(c.public_key()) == mine), None)
     if leaf is None:
         raise Invalid(
             f"{field}: the key does not match the certificate (their public keys differ)",

@@ -100,14 +100,15 @@ class DaemonProcess:
     https_port: int
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def https(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
+        return f"https://{self.host}:{self.https_port}"
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -130,7 +131,7 @@ class DaemonProcess:
         while time.monotonic() < deadline:
             assert self.proc and self.proc.poll() is None, "nvrd exited during start-up"
             try:
-                socket.create_connection(("127.0.0.1", self.http_port), timeout=1).close()
+                socket.create_connection((self.host, self.http_port), timeout=1).close()
                 return
             except OSError:
                 time.sleep(0.1)
@@ -151,7 +152,10 @@ class DaemonProcess:
                 self.proc.kill()
 
 
-def write_config(path: Path, state_dir: Path, http_port: int, https_port: int, level: str = "info") -> None:
+def write_config(
+    path: Path, state_dir: Path, http_port: int, https_port: int, level: str = "info",
+    listen: str = "127.0.0.1",
+) -> None:
     path.write_text(
         f"""
 [daemon]
@@ -162,7 +166,7 @@ level = "{level}"
 mode = "directory"
 directory = "{path.parent / 'volume'}"
 [http]
-listen = "127.0.0.1"
+listen = "{listen}"
 http_port = {http_port}
 https_port = {https_port}
 """
