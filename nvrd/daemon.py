@@ -19,8 +19,9 @@ from aiohttp import web
 
 from nvrd import __version__, config as config_module, logs
 from nvrd.api.app import make_app
-from nvrd.api.keys import LOG_LEVELS, TLS
+from nvrd.api.keys import HTTP_SETTINGS, LISTENERS, LOG_LEVELS, TLS
 from nvrd.config import Config, ConfigError
+from nvrd.listeners import Listeners
 
 log = logging.getLogger("nvrd")
 
@@ -65,25 +66,24 @@ class Daemon:
             self.app, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S, access_log=None
         )
         self.stopping = asyncio.Event()
-        self.listening: list[str] = []
+        self.listeners = Listeners(self.runner, config.http.listen)
+        # The API moves the listeners when an administrator changes the ports.
+        self.app[LISTENERS] = self.listeners
 
     async def start(self) -> None:
         await self.runner.setup()  # runs the services' cleanup contexts
-        http = self.config.http
-        if http.http_port:
-            await self._listen("http", web.TCPSite(self.runner, http.listen, http.http_port))
-        if http.https_port:
-            site = web.TCPSite(
-                self.runner, http.listen, http.https_port, ssl_context=self.app[TLS].context
-            )
-            await self._listen("https", site)
-        if not self.listening:
+        # The ports set over the API (device database) win over the file's.
+        settings = self.app[HTTP_SETTINGS].current
+        try:
+            await self.listeners.apply(settings.http_port, settings.https_port, self.app[TLS])
+        except Exception as exc:
+            raise OSError(str(exc)) from exc
+        if not self.listeners.names:
             log.warning("both http_port and https_port are 0: the API is unreachable")
 
-    async def _listen(self, scheme: str, site: web.TCPSite) -> None:
-        await site.start()
-        self.listening.append(f"{scheme} {site.name.split('://', 1)[-1]}")
-        log.info("listening on %s", site.name)
+    @property
+    def listening(self) -> list[str]:
+        return self.listeners.names
 
     def status_line(self) -> str:
         storage = self.config.storage
@@ -100,7 +100,7 @@ class Daemon:
             log.error("reload refused, keeping the running config: %s", exc)
             return
         self.app[LOG_LEVELS].set(new.log.level, new.log.levels)
-        if self.config.http.https_port:
+        if self.app[TLS].started:
             try:
                 self.app[TLS].reload()
             except (OSError, ValueError) as exc:

@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from nvrd.accounts import AccountsService, ScryptCost
-from nvrd.api import accounts, audit, auth, certificates, errors, events, jobs, session, setup, system, tokens
+from nvrd.api import accounts, audit, auth, certificates, errors, network, events, jobs, session, setup, system, tokens
 from nvrd.api.authstate import Authenticator
-from nvrd.api.keys import ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS
+from nvrd.api.keys import ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, HTTP_SETTINGS, JOBS, LOG_LEVELS, TLS
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.system.http import HttpSettingsStore
 from nvrd.system.tls import TlsService
 
 # JSON requests are small; certificate uploads (later) fit easily too.
@@ -46,10 +47,17 @@ def _accounts(cost: ScryptCost | None) -> Callable[[web.Application], AsyncItera
     return accounts_ctx
 
 
+async def _http_settings(app: web.Application) -> AsyncIterator[None]:
+    store = HttpSettingsStore(app[DEVICE].db, app[CONFIG].http)
+    await store.load()
+    app[HTTP_SETTINGS] = store
+    yield
+
+
 async def _tls(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     tls = TlsService(config.daemon.state_dir / "tls", app[DEVICE].identity.hostname)
-    if config.http.https_port:
+    if app[HTTP_SETTINGS].current.https_port:
         await asyncio.to_thread(tls.start)
     app[TLS] = tls
     yield
@@ -87,8 +95,8 @@ def make_app(
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
-    app.cleanup_ctx.extend([_device_state, _accounts(scrypt), _tls, _jobs])
+    app.cleanup_ctx.extend([_device_state, _accounts(scrypt), _http_settings, _tls, _jobs])
     app.on_shutdown.append(_end_event_streams)
-    for module in (system, jobs, events, setup, accounts, tokens, session, audit, certificates):
+    for module in (system, jobs, events, setup, accounts, tokens, session, audit, certificates, network):
         app.add_routes(module.routes)
     return app

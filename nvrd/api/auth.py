@@ -31,9 +31,10 @@ from nvrd.accounts import ANONYMOUS, Principal
 from nvrd.api.authstate import Authenticator
 from nvrd.api.digest import DigestCredentials, NonceState, challenges, parse_params
 from nvrd.api.errors import problem
-from nvrd.api.keys import AUTH, PRINCIPAL
+from nvrd.api.keys import AUTH, HTTP_SETTINGS, PRINCIPAL
 from nvrd.api.roles import Role, required_role
 from nvrd.errors import CredentialFailure
+from nvrd.system.http import Access
 
 access_log = logging.getLogger("nvrd.access")
 
@@ -190,6 +191,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         role = Role.ADMIN
     auth = request.app[AUTH]
     address = request.remote or "-"
+    refused = _scheme_refused(request)
+    if refused is not None:
+        return refused
     if role == Role.ANONYMOUS:
         request[PRINCIPAL] = ANONYMOUS
         # The anonymous changes (setup, the session login) carry passwords: a
@@ -235,6 +239,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             )
     request[PRINCIPAL] = principal
     return await _run(request, handler, auth)
+
+
+def _scheme_refused(request: web.Request) -> web.Response | None:
+    """The administrator's choice of HTTP, HTTPS or both (loopback may use both)."""
+    access = request.app[HTTP_SETTINGS].current.access
+    if access == Access.BOTH or is_loopback(request.remote):
+        return None
+    if access == Access.HTTPS and not request.secure:
+        return problem(403, "this recorder accepts HTTPS only", type_="urn:nvrd:problem:https-only",
+                       instance=request.path)
+    if access == Access.HTTP and request.secure:
+        return problem(403, "this recorder accepts HTTP only", type_="urn:nvrd:problem:http-only",
+                       instance=request.path)
+    return None
 
 
 async def _run(request: web.Request, handler: Handler, auth: Authenticator) -> web.StreamResponse:

@@ -12,7 +12,9 @@ from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
+from nvrd.listeners import Listeners
 from nvrd.logs import LogLevels
+from nvrd.system.http import HttpSettingsStore
 from nvrd.system.tls import TlsService
 
 CONFIG = web.AppKey("config", Config)
@@ -24,6 +26,9 @@ LOG_LEVELS = web.AppKey("log_levels", LogLevels)
 ACCOUNTS = web.AppKey("accounts", AccountsService)
 AUTH = web.AppKey("auth", Authenticator)
 AUDIT = web.AppKey("audit", AuditLog)
+HTTP_SETTINGS = web.AppKey("http_settings", HttpSettingsStore)
+# Set by the daemon; absent under a test client, where port changes wait for a start.
+LISTENERS = web.AppKey("listeners", Listeners)
 
 # Set by the authentication middleware on every request that reached a handler.
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -404,3 +404,37 @@ async def test_audit_log_is_append_only(client) -> None:
     for statement in ("UPDATE audit SET result = 'ok'", "DELETE FROM audit"):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             await db.run(lambda conn, s=statement: conn.execute(s))
+
+
+# --- HTTP/HTTPS settings ------------------------------------------------------------------
+
+
+async def test_http_settings_validate_ports_and_warn_for_privileged(client) -> None:
+    current = await (await client.get("/api/v1/system/http")).json()
+    assert current["access"] == "both"
+    for body, field in (
+        ({"http_port": 0}, "http_port"),
+        ({"https_port": 70000}, "https_port"),
+        ({"http_port": "80"}, "http_port"),
+        ({"http_port": 8080, "https_port": 8080}, "https_port"),
+        ({"access": "ftp"}, "access"),
+    ):
+        response = await client.patch("/api/v1/system/http", json=body)
+        assert response.status == 422, body
+        assert (await response.json(content_type=PROBLEM))["field"] == field, body
+    response = await client.patch("/api/v1/system/http", json={"http_port": 80, "https_port": 443})
+    assert (await response.json())["warnings"] == []
+    response = await client.patch("/api/v1/system/http", json={"http_port": 1023})
+    body = await response.json()
+    assert response.status == 200 and len(body["warnings"]) == 1 and "1023" in body["warnings"][0]
+    # No daemon owns listeners under the test client: saved for the next start.
+    assert body["applied"] is False and body["http_port"] == 1023
+
+
+async def test_https_only_still_lets_loopback_in(client) -> None:
+    response = await client.patch("/api/v1/system/http", json={"access": "https"})
+    assert response.status == 422  # this app has no HTTPS port
+    assert "HTTPS is disabled" in (await response.json(content_type=PROBLEM))["detail"]
+    response = await client.patch("/api/v1/system/http", json={"access": "https", "https_port": 8443})
+    assert response.status == 200
+    assert (await client.get("/api/v1/jobs")).status == 200  # loopback over HTTP

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -134,6 +135,45 @@ def test_basic_over_plain_http_from_another_address_is_refused(
     # Refusals over plain HTTP are not counted as failed logins: not blocked.
     status, _, _ = curl("--digest", "-u", credentials, url, netns=netns.name)
     assert status == 200
+
+    # HTTPS only: plain HTTP from that address is refused whatever the credentials.
+    status, body = call(
+        daemon_process.https + "/api/v1/system/http", "PATCH", {"access": "https"},
+        authorization=f"Basic {base64.b64encode(credentials.encode()).decode()}",
+    )
+    assert status == 200 and body["applied"], body
+    status, body, _ = curl("--digest", "-u", credentials, url, netns=netns.name)
+    assert status == 403 and json.loads(body)["type"] == "urn:nvrd:problem:https-only"
+    status, _, _ = curl("-k", "-u", credentials, daemon_process.https + "/api/v1/auth/session", netns=netns.name)
+    assert status == 200
+
+
+def test_ports_move_without_restart(running: DaemonProcess) -> None:
+    admin = "Basic " + base64.b64encode(f"{ADMIN}:{ADMIN_PASSWORD}".encode()).decode()
+    old_https, new_https, new_http = running.https_port, free_port(), free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", new_http))
+        taken.listen()
+        status, problem = call(
+            running.http + "/api/v1/system/http", "PATCH", {"http_port": new_http, "https_port": new_https},
+            authorization=admin,
+        )
+        assert status == 409 and problem["field"] == "http_port"
+    # Nothing moved: the free HTTPS port was released again.
+    assert call(running.https + "/api/v1/info")[0] == 200
+    status, body = call(
+        running.http + "/api/v1/system/http", "PATCH", {"https_port": new_https}, authorization=admin
+    )
+    assert status == 200 and body["applied"] and body["https_port"] == new_https
+    running.https_port = new_https
+    assert call(running.https + "/api/v1/info")[0] == 200
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", old_https), timeout=2).close()
+    # The setting outlives a restart and wins over the file.
+    running.stop()
+    running.start()
+    running.wait_listening()
+    assert call(running.https + "/api/v1/info")[0] == 200
 
 
 # --- certificates ----------------------------------------------------------------------

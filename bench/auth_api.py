@@ -1,0 +1,163 @@
+"""Authenticated API requests: Basic over HTTPS, Digest over HTTP, Bearer over HTTP.
+
+Issue 6's targets on the 2-core machine: >= 2,000 req/s with a Bearer token and
+>= 1,000 req/s with Basic, p99 under 50 ms, for a cheap authenticated GET
+(/api/v1/jobs) with 32 keep-alive connections. The load client is aiohttp in this
+same machine, so it takes CPU from the daemon: the figures are a floor.
+
+Loopback only; a bounded number of requests per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import ssl
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from bench.daemon_api import free_port, start_to_listening, stop, write_config
+
+CONNECTIONS = 32
+REQUESTS = 8000
+PATH = "/api/v1/jobs"
+USER, PASSWORD = "bench", "bench password 1"
+
+
+def _setup(http: str) -> str:
+    """Create the administrator and a token; returns the token."""
+    def post(path: str, body: dict, authorization: str | None = None) -> dict:
+        request = urllib.request.Request(
+            http + path, data=json.dumps(body).encode(), method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        if authorization:
+            request.add_header("Authorization", authorization)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    post("/api/v1/setup", {"username": USER, "password": PASSWORD})
+    return post("/api/v1/auth/tokens", {"name": "bench"}, _basic())["token"]
+
+
+def _basic() -> str:
+    return "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+class DigestSigner:
+    """One client's Digest state: a nonce from the first 401, then nc = 1, 2, ...
+    (what curl and aiohttp's DigestAuthMiddleware do on a kept connection)."""
+
+    def __init__(self, challenge: str) -> None:
+        fields = dict(re.findall(r'(\w+)="?([^",]+)"?', challenge))
+        self.realm, self.nonce, self.opaque = fields["realm"], fields["nonce"], fields["opaque"]
+        self.algorithm = fields["algorithm"]
+        self.count = 0
+        self.ha1 = self._h(f"{USER}:{self.realm}:{PASSWORD}")
+
+    def _h(self, text: str) -> str:
+        return (hashlib.md5 if self.algorithm == "MD5" else hashlib.sha256)(text.encode()).hexdigest()
+
+    def header(self, method: str, uri: str) -> str:
+        self.count += 1
+        nc, cnonce = f"{self.count:08x}", secrets.token_hex(8)
+        response = self._h(f"{self.ha1}:{self.nonce}:{nc}:{cnonce}:auth:{self._h(f'{method}:{uri}')}")
+        return (
+            f'Digest username="{USER}", realm="{self.realm}", nonce="{self.nonce}", uri="{uri}",'
+            f" algorithm={self.algorithm}, qop=auth, nc={nc}, cnonce=\"{cnonce}\","
+            f' response="{response}", opaque="{self.opaque}"'
+        )
+
+
+async def load(
+    url: str, headers_for: Callable[[int], Callable[[], dict[str, str]]], tls: ssl.SSLContext | None
+) -> tuple[float, float, float]:
+    """(req/s, p50 ms, p99 ms) for REQUESTS requests over CONNECTIONS connections."""
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS, ssl=tls if tls else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(number: int) -> None:
+            headers = headers_for(number)
+            for _ in range(REQUESTS // CONNECTIONS):
+                started = time.perf_counter()
+                async with session.get(url, headers=headers()) as response:
+                    await response.read()
+                    if response.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {response.status}")
+                latencies.append(time.perf_counter() - started)
+
+        # Warm up: connections, TLS sessions, the Basic verification cache.
+        await asyncio.gather(*(worker(n) for n in range(CONNECTIONS)))
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(n) for n in range(CONNECTIONS)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return (
+        len(latencies) / elapsed,
+        latencies[len(latencies) // 2] * 1000,
+        latencies[int(len(latencies) * 0.99)] * 1000,
+    )
+
+
+async def _challenge(url: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.headers.getall("WWW-Authenticate")[0]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        http_port, https_port = free_port(), free_port()
+        config = write_config(directory, http_port, https_port)
+        _, proc = start_to_listening(config, https_port)
+        http, https = f"http://127.0.0.1:{http_port}", f"https://127.0.0.1:{https_port}"
+        insecure = ssl.create_default_context()
+        insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+        try:
+            token = _setup(http)
+            bearer = {"Authorization": f"Bearer {token}"}
+            basic = {"Authorization": _basic()}
+
+            def fixed(headers: dict[str, str]) -> Callable[[int], Callable[[], dict[str, str]]]:
+                return lambda _: lambda: headers
+
+            # One client per connection, each with its own nonce from its own 401
+            # and its own counts, kept from the warm-up into the measured run.
+            signers = [DigestSigner(asyncio.run(_challenge(http + PATH))) for _ in range(CONNECTIONS)]
+
+            def digest(number: int) -> Callable[[], dict[str, str]]:
+                return lambda: {"Authorization": signers[number].header("GET", PATH)}
+
+            results = {
+                "anonymous GET /info, HTTP (no auth, for scale)": asyncio.run(
+                    load(http + "/api/v1/info", fixed({}), None)
+                ),
+                "Bearer, HTTP": asyncio.run(load(http + PATH, fixed(bearer), None)),
+                "Bearer, HTTPS": asyncio.run(load(https + PATH, fixed(bearer), insecure)),
+                "Basic, HTTPS": asyncio.run(load(https + PATH, fixed(basic), insecure)),
+                "Digest SHA-256, HTTP": asyncio.run(load(http + PATH, digest, None)),
+            }
+        finally:
+            stop(proc)
+    print(f"auth_api: GET {PATH}, {CONNECTIONS} keep-alive connections, {REQUESTS} requests each ({os.cpu_count()} cores)")
+    for name, (rps, p50, p99) in results.items():
+        print(f"  {name:<48} {rps:7.0f} req/s  p50 {p50:5.1f} ms  p99 {p99:5.1f} ms")
+    bearer_rps = results["Bearer, HTTP"][0]
+    print(f"  targets: Bearer >= 2000 req/s, Basic >= 1000 req/s, p99 < 50 ms; "
+          f"Basic/Bearer ratio {results['Basic, HTTPS'][0] / bearer_rps:.2f}")
+
+
+if __name__ == "__main__":
+    main()
