@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import daemon_api
+from bench import auth_api, daemon_api
 
 
 def main() -> int:
     print(f"python {sys.version.split()[0]}")
     daemon_api.main()
+    auth_api.main()
     return 0
 
 
