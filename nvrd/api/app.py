@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from nvrd.api import errors, events, jobs, system
-from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS
+from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS, VOLUME
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.storage.volume import DirectoryVolume
 from nvrd.system.tls import TlsService
 
 # JSON requests are small; certificate uploads (later) fit easily too.
@@ -43,6 +44,14 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     await app[JOBS].close()
 
 
+async def _volume(app: web.Application) -> AsyncIterator[None]:
+    # Managed mode (md RAID + LUKS) replaces this with the storage service.
+    volume = DirectoryVolume(app[CONFIG].storage.directory, app[BUS])
+    await volume.start()
+    app[VOLUME] = volume
+    yield
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # SSE handlers wait on the bus; ending the subscriptions lets them return, so
     # shutdown doesn't sit out its timeout on open streams.
@@ -60,7 +69,7 @@ def make_app(config: Config, log_levels: LogLevels | None = None) -> web.Applica
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
-    app.cleanup_ctx.extend([_device_state, _tls, _jobs])
+    app.cleanup_ctx.extend([_device_state, _tls, _jobs, _volume])
     app.on_shutdown.append(_end_event_streams)
     for module in (system, jobs, events):
         app.add_routes(module.routes)
