@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from nvrd.api import errors, events, jobs, system
-from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS, VOLUME
+from nvrd.api import errors, events, jobs, storage, system
+from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, STORAGE, TLS, VOLUME
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.storage.manager import ManagedStorage
+from nvrd.storage.monitor import StorageMonitor
 from nvrd.storage.volume import DirectoryVolume
 from nvrd.system.tls import TlsService
 
@@ -45,11 +47,22 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _volume(app: web.Application) -> AsyncIterator[None]:
-    # Managed mode (md RAID + LUKS) replaces this with the storage service.
-    volume = DirectoryVolume(app[CONFIG].storage.directory, app[BUS])
-    await volume.start()
-    app[VOLUME] = volume
+    config = app[CONFIG]
+    if config.storage.mode == "directory":
+        volume = DirectoryVolume(config.storage.directory, app[BUS])
+        await volume.start()
+        app[VOLUME] = volume
+        yield
+        return
+    storage = ManagedStorage(
+        config.storage, config.daemon.state_dir, app[DEVICE].db, app[BUS], app[JOBS]
+    )
+    await storage.start()
+    app[VOLUME] = app[STORAGE] = storage
+    monitor = StorageMonitor(storage.refresh)
+    monitor.start()
     yield
+    monitor.stop()
 
 
 async def _end_event_streams(app: web.Application) -> None:
@@ -71,6 +84,6 @@ def make_app(config: Config, log_levels: LogLevels | None = None) -> web.Applica
     app[LOG_LEVELS] = log_levels
     app.cleanup_ctx.extend([_device_state, _tls, _jobs, _volume])
     app.on_shutdown.append(_end_event_streams)
-    for module in (system, jobs, events):
+    for module in (system, jobs, events, storage):
         app.add_routes(module.routes)
     return app

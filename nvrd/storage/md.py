@@ -235,7 +235,9 @@ class MdArray:
         return {m.name: member_status(m, recovering) for m in self.members}
 
     def missing_slots(self) -> list[int]:
-        held = {m.slot for m in self.members if m.slot is not None and "faulty" not in m.flags}
+        """Roles with no member at all (pulled or removed); a faulty member still
+        holds its role until it is removed, and shows as faulty instead."""
+        held = {m.slot for m in self.members if m.slot is not None}
         return sorted(set(range(self.raid_disks)) - held)
 
     # --- changes: run the tool, return nothing ---------------------------------

@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nvrd.bus import Bus
 
@@ -49,6 +49,14 @@ class VolumeStatus:
         return data
 
 
+class Volume(Protocol):
+    """What the API and recording need of either kind of storage."""
+
+    status: VolumeStatus
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 class DirectoryVolume:
     """`[storage] mode = "directory"`: a plain directory is the volume.
 
@@ -72,6 +80,25 @@ class DirectoryVolume:
         if not os.access(self.directory, os.W_OK | os.X_OK):
             return VolumeStatus(VolumeState.UNAVAILABLE, None, f"{self.directory} is not writable")
         return VolumeStatus(VolumeState.READY, self.directory)
+
+    def snapshot(self) -> dict[str, Any]:
+        mounted = self.status.path is not None
+        stat = os.statvfs(self.directory) if mounted else None
+        return {
+            "mode": "directory",
+            "raid": None,
+            "encrypted": False,
+            "locked": False,
+            "mounted": mounted,
+            "write_protected": False,
+            "filesystem": None,
+            "total_bytes": stat.f_blocks * stat.f_frsize if stat else None,
+            "free_bytes": stat.f_bavail * stat.f_frsize if stat else None,
+            "volume": self.status.state.value,
+            "reason": self.status.reason,
+            "operation": None,
+            "problems": [],
+        }
 
     def _set(self, status: VolumeStatus) -> None:
         if status == self.status:
