@@ -85,6 +85,7 @@ class ManagedStorage:
         self.problems: list[str] = []
         self.operation: str | None = None  # the running job's kind, if any
         self._lock = asyncio.Lock()
+        self._replacing: asyncio.Future[None] | None = None
 
     # --- what is there now -------------------------------------------------------
 
@@ -142,6 +143,34 @@ class ManagedStorage:
             self.status = status
             self.bus.publish(TOPIC, status.as_event())
         self.bus.publish("storage.changed", self.snapshot())
+        if self._replacement_wanted():
+            self._replacing = asyncio.ensure_future(self._auto_replace())
+
+    def _replacement_wanted(self) -> bool:
+        if not self.config.auto_replace or self._lock.locked():
+            return False
+        if self._replacing is not None and not self._replacing.done():
+            return False
+        array = self.array()
+        return array is not None and array.status is RaidStatus.DEGRADED
+
+    async def _auto_replace(self) -> None:
+        """A blank allowed disk while a member is missing or faulty: add it, and the
+        rebuild starts (the reference recorder's drive replacement). A disk that
+        carries anything is left alone: that takes an explicit request."""
+        array = self.array()
+        if array is None:
+            return
+        members = {m.device for m in array.members if "faulty" not in m.flags}
+        candidates = await asyncio.to_thread(self.inventory)
+        blank = [c for c in candidates if c.foreign_reason is None and c.device not in members]
+        if not blank:
+            return
+        log.info("replacing a missing RAID member with the blank disk %s", blank[0].device)
+        try:
+            self.add_disk(blank[0].device)
+        except Busy:
+            pass  # another storage job started meanwhile; the next change retries
 
     def snapshot(self) -> dict[str, Any]:
         array = self.array()

@@ -48,7 +48,8 @@ async def storage(clean_disks: list[guest.Disk], tmp_path: Path) -> AsyncIterato
     bus = Bus()
     jobs = Jobs(bus)
     manager = ManagedStorage(
-        StorageConfig(encryption=CHEAP), tmp_path, db, bus, jobs, lambda: inventory_of(clean_disks)
+        StorageConfig(encryption=CHEAP, auto_replace=False), tmp_path, db, bus, jobs,
+        lambda: inventory_of(clean_disks),
     )
     await manager.start()
     yield manager
