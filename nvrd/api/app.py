@@ -14,7 +14,7 @@ from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
-from nvrd.storage.manager import ManagedStorage
+from nvrd.storage.manager import ManagedStorage, allowed_candidates
 from nvrd.storage.monitor import StorageMonitor
 from nvrd.storage.volume import DirectoryVolume
 from nvrd.system.tls import TlsService
@@ -55,7 +55,8 @@ async def _volume(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     storage = ManagedStorage(
-        config.storage, config.daemon.state_dir, app[DEVICE].db, app[BUS], app[JOBS]
+        config.storage, config.daemon.state_dir, app[DEVICE].db, app[BUS], app[JOBS],
+        allowed_candidates(config.storage),
     )
     await storage.start()
     app[VOLUME] = app[STORAGE] = storage

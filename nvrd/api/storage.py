@@ -82,6 +82,12 @@ async def get_storage(request: web.Request) -> web.Response:
     return respond(request.app[VOLUME].snapshot())
 
 
+@routes.get("/api/v1/storage/disks")
+@requires(Role.VIEWER)
+async def get_disks(request: web.Request) -> web.Response:
+    return respond(await _managed(request).disk_list())
+
+
 @routes.post("/api/v1/storage/raid")
 @requires(Role.ADMIN)
 async def create_raid(request: web.Request) -> web.Response:

@@ -26,7 +26,8 @@ from nvrd.config import StorageConfig
 from nvrd.db import Database
 from nvrd.errors import Busy, Conflict, Forbidden, Invalid, NotFound
 from nvrd.jobs import Job, JobContext, Jobs
-from nvrd.storage import fs, luks, tools
+from nvrd.storage import disks, fs, luks, tools
+from nvrd.storage.smart import SmartReader, SmartReport
 from nvrd.storage import layout as layouts
 from nvrd.storage.layout import Layout
 from nvrd.storage.md import MIN_DISKS, MdArray, RaidStatus, normalize_uuid, zero_superblock
@@ -54,6 +55,23 @@ class Candidate:
 
 # Lists the allowed disks, fresh; the disk inventory provides it.
 Inventory = Callable[[], Sequence[Candidate]]
+
+
+def allowed_candidates(config: StorageConfig) -> Inventory:
+    """The inventory of the disks `[storage] disks` allows, as creation vets them."""
+
+    def listing() -> list[Candidate]:
+        return [
+            Candidate(d.device, frozenset(d.names), disks.foreign_data_reason(d), d.md_member_uuid)
+            for d in disks.inventory(config.disks, slots=config.slots)
+        ]
+
+    return listing
+
+
+# SMART is read at most this often for the disk list; the health monitor (its own
+# cadence, standby-aware) keeps it fresher where it runs.
+SMART_MAX_AGE_S = 60.0
 
 
 class ManagedStorage:
@@ -86,6 +104,8 @@ class ManagedStorage:
         self.operation: str | None = None  # the running job's kind, if any
         self._lock = asyncio.Lock()
         self._replacing: asyncio.Future[None] | None = None
+        self.smart = SmartReader()
+        self._smart_cache: dict[Path, tuple[float, SmartReport]] = {}
 
     # --- what is there now -------------------------------------------------------
 
@@ -191,6 +211,50 @@ class ManagedStorage:
             "operation": self.operation,
             "problems": list(self.problems),
         }
+
+    async def disk_list(self) -> list[dict[str, Any]]:
+        """Every allowed disk with its slot, identity, role in our array and SMART
+        health; plus a row for each array role whose disk is gone."""
+        found = await asyncio.to_thread(disks.inventory, self.config.disks, slots=self.config.slots)
+        array = self.array()
+        roles = array.member_statuses() if array else {}
+        reports = await asyncio.gather(*(self._smart_report(d.device) for d in found))
+        rows = []
+        for disk, report in zip(found, reports):
+            rows.append(
+                {
+                    "slot": disk.slot,
+                    "device": str(disk.device),
+                    "by_id": disk.by_id,
+                    "serial": disk.serial,
+                    "model": disk.model,
+                    "capacity_bytes": disk.capacity_bytes,
+                    "status": roles[disk.name].value if disk.name in roles else "unused",
+                    "temperature_c": report.temperature_c,
+                    "health": report.health.value,
+                    "health_reason": report.reason,
+                    "led": None,
+                }
+            )
+        for role in array.missing_slots() if array else []:
+            rows.append(
+                {
+                    "slot": None, "device": None, "by_id": None, "serial": None,
+                    "model": None, "capacity_bytes": None, "status": "missing",
+                    "role": role, "temperature_c": None, "health": "unknown",
+                    "health_reason": "the disk is gone", "led": None,
+                }
+            )
+        return rows
+
+    async def _smart_report(self, device: Path) -> SmartReport:
+        now = asyncio.get_running_loop().time()
+        cached = self._smart_cache.get(device)
+        if cached is not None and now - cached[0] < SMART_MAX_AGE_S:
+            return cached[1]
+        report = await self.smart.read(device)
+        self._smart_cache[device] = (now, report)
+        return report
 
     # --- start-up ------------------------------------------------------------------
 
