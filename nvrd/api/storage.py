@@ -72,8 +72,12 @@ def _managed(request: web.Request) -> ManagedStorage:
     return storage
 
 
-def _accepted(job: Job) -> web.Response:
-    return respond(job_summary(job), status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
+def _accepted(job: Job, recovery_key: str | None = None) -> web.Response:
+    body = job_summary(job)
+    if recovery_key is not None:
+        # Shown here only: write it down; it opens the volume if the password is lost.
+        body["recovery_key"] = recovery_key
+    return respond(body, status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
 @routes.get("/api/v1/storage")
@@ -93,11 +97,11 @@ async def get_disks(request: web.Request) -> web.Response:
 async def create_raid(request: web.Request) -> web.Response:
     body = await read_model(request, RaidBody)
     storage = _managed(request)
-    job = await storage.request_raid(
+    job, recovery_key = await storage.request_raid(
         body.level, body.disks, body.encrypt.password if body.encrypt else None,
         body.filesystem, body.force,
     )
-    return _accepted(job)
+    return _accepted(job, recovery_key)
 
 
 @routes.post("/api/v1/storage/format")
@@ -124,7 +128,7 @@ async def repair(request: web.Request) -> web.Response:
 @requires(Role.ADMIN)
 async def encrypt(request: web.Request) -> web.Response:
     body = await read_model(request, EncryptToolBody)
-    return _accepted(_managed(request).encrypt(body.password))
+    return _accepted(*_managed(request).encrypt(body.password))
 
 
 @routes.post("/api/v1/storage/decrypt")

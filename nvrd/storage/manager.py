@@ -347,8 +347,10 @@ class ManagedStorage:
         password: str | None,
         filesystem: str,
         force: bool,
-    ) -> Job:
+    ) -> tuple[Job, str | None]:
         """Vet a create request against the allowed disks, then start the job.
+        Returns the job and, when encrypting, the recovery key: it is made here so
+        the requester gets it in the answer, the only place it is ever shown.
 
         nvrd touches only disks the config allows, and never one that carries
         someone else's data unless `force` says so. Members of our own array are
@@ -380,7 +382,11 @@ class ManagedStorage:
             )
         array = self.array()
         members = [m.device for m in array.members] if array else []
-        return self.create_raid(level, [c.device for c in chosen], password, filesystem, members)
+        recovery_key = luks.new_recovery_key() if password is not None else None
+        job = self.create_raid(
+            level, [c.device for c in chosen], password, filesystem, members, recovery_key
+        )
+        return job, recovery_key
 
     def create_raid(
         self,
@@ -389,6 +395,7 @@ class ManagedStorage:
         password: str | None,
         filesystem: str,
         members_of_ours: Sequence[Path] = (),
+        recovery_key: str | None = None,
     ) -> Job:
         """Build a new array (erasing what was there), optionally encrypt it, make
         the file system, mount it. `devices` are already vetted by the caller."""
@@ -405,11 +412,10 @@ class ManagedStorage:
             ctx.progress(0.1, f"creating RAID {level}")
             array = await MdArray.create(ARRAY_NAME, level, devices, self.sysfs)
             array_uuid = array.uuid or ""
-            recovery_key = None
             target = array.device
             if password is not None:
                 ctx.progress(0.3, "encrypting")
-                recovery_key = await self._encrypt(array.device, password)
+                await self._encrypt(array.device, password, recovery_key or luks.new_recovery_key())
                 await self.mapping.open(array.device, password)
                 target = self.mapping.device
             ctx.progress(0.6, f"making the {filesystem} file system")
@@ -419,19 +425,16 @@ class ManagedStorage:
             await layouts.save(self.db, self.layout)
             ctx.progress(0.9, "mounting")
             await self._mount_new(target, array_uuid)
-            return {"array_uuid": array_uuid, "recovery_key": recovery_key}
+            return {"array_uuid": array_uuid}
 
         return self._submit("raid-create", body)
 
-    async def _encrypt(self, device: Path, password: str) -> str:
-        """luksFormat with password, recovery key and device key; back up the header.
-        Returns the recovery key (shown once)."""
-        recovery_key = luks.new_recovery_key()
+    async def _encrypt(self, device: Path, password: str, recovery_key: str) -> None:
+        """luksFormat with password, recovery key and device key; back up the header."""
         device_key = secrets.token_bytes(64)
         await luks.format(device, [password, recovery_key, device_key], self.pbkdf)
         self._store_device_key(device_key)
         await luks.backup_header(device, self.header_backup_path)
-        return recovery_key
 
     def _store_device_key(self, key: bytes) -> None:
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -580,30 +583,33 @@ class ManagedStorage:
 
         return self._submit("write-protect", body)
 
-    def encrypt(self, password: str) -> Job:
-        """Encrypt the existing array: erases the volume, as on the reference recorder."""
+    def encrypt(self, password: str) -> tuple[Job, str]:
+        """Encrypt the existing array: erases the volume, as on the reference recorder.
+        Returns the job and the recovery key (shown only in this answer)."""
         layout = self._require_layout()
-        return self._rebuild_volume("encrypt", layout, password)
+        recovery_key = luks.new_recovery_key()
+        return self._rebuild_volume("encrypt", layout, password, recovery_key), recovery_key
 
     def decrypt(self) -> Job:
         layout = self._require_layout()
         if not layout.encrypted:
             raise Conflict("the volume is not encrypted")
-        return self._rebuild_volume("decrypt", layout, None)
+        return self._rebuild_volume("decrypt", layout, None, None)
 
-    def _rebuild_volume(self, kind: str, layout: Layout, password: str | None) -> Job:
-        async def body(ctx: JobContext) -> dict[str, Any]:
+    def _rebuild_volume(
+        self, kind: str, layout: Layout, password: str | None, recovery_key: str | None
+    ) -> Job:
+        async def body(ctx: JobContext) -> None:
             array = self._require_array()
             if self.mounted():
                 await fs.unmount(self.mountpoint)
             if self.mapping.is_open:
                 await self.mapping.close()
             await tools.run("wipefs", "--all", "--quiet", str(array.device))
-            recovery_key = None
             target = array.device
-            if password is not None:
+            if password is not None and recovery_key is not None:
                 ctx.progress(0.2, "encrypting")
-                recovery_key = await self._encrypt(array.device, password)
+                await self._encrypt(array.device, password, recovery_key)
                 await self.mapping.open(array.device, password)
                 target = self.mapping.device
             else:
@@ -617,7 +623,6 @@ class ManagedStorage:
             )
             await layouts.save(self.db, self.layout)
             await self._mount_new(target, layout.array_uuid)
-            return {"recovery_key": recovery_key}
 
         return self._submit(kind, body)
 

@@ -57,7 +57,10 @@ async def storage(clean_disks: list[guest.Disk], tmp_path: Path) -> AsyncIterato
     await db.close()
 
 
-async def finish(storage: ManagedStorage, job_id: str) -> dict:
+async def finish(storage: ManagedStorage, job_or_id) -> dict:
+    if isinstance(job_or_id, tuple):  # request_raid: (job, recovery key)
+        job_or_id = job_or_id[0]
+    job_id = job_or_id if isinstance(job_or_id, str) else job_or_id.id
     job = await storage.jobs.wait(job_id)
     assert job.state is JobState.SUCCEEDED, job.error
     return job.result or {}
@@ -90,7 +93,7 @@ def digest(path: Path) -> str:
 )
 async def test_create_each_level(storage: ManagedStorage, clean_disks, level, count, data_disks) -> None:
     devices = [d.dev for d in clean_disks[:count]]
-    await finish(storage, (await storage.request_raid(level, [str(d) for d in devices], None, "ext4", False)).id)
+    await finish(storage, await storage.request_raid(level, [str(d) for d in devices], None, "ext4", False))
     array = storage.array()
     assert array is not None and array.level == level and array.raid_disks == count
     expected = clean_disks[0].size * data_disks
@@ -113,7 +116,7 @@ async def test_too_few_disks_and_unknown_disks_are_refused(storage: ManagedStora
 
 async def test_fail_member_then_replace_rebuilds_with_data_intact(storage: ManagedStorage, clean_disks) -> None:
     first, second, spare = clean_disks[0], clean_disks[1], clean_disks[2]
-    await finish(storage, (await storage.request_raid(1, [str(first.dev), str(second.dev)], None, "ext4", False)).id)
+    await finish(storage, await storage.request_raid(1, [str(first.dev), str(second.dev)], None, "ext4", False))
     array = storage.array()
     await until("online", lambda: array.status is RaidStatus.ONLINE)
     before = write_blob(storage.mountpoint / "blob")
@@ -141,7 +144,7 @@ async def test_fail_member_then_replace_rebuilds_with_data_intact(storage: Manag
 
 async def test_raid5_losing_two_is_failed(storage: ManagedStorage, clean_disks) -> None:
     devices = [str(d.dev) for d in clean_disks[:3]]
-    await finish(storage, (await storage.request_raid(5, devices, None, "ext4", False)).id)
+    await finish(storage, await storage.request_raid(5, devices, None, "ext4", False))
     array = storage.array()
     await until("online", lambda: array.status is RaidStatus.ONLINE)
     guest.run(["mdadm", str(array.device), "--fail", devices[0]])
@@ -154,8 +157,8 @@ async def test_raid5_losing_two_is_failed(storage: ManagedStorage, clean_disks) 
 
 async def test_encrypted_lock_unlock_and_password_change(storage: ManagedStorage, clean_disks) -> None:
     devices = [str(d.dev) for d in clean_disks[:2]]
-    result = await finish(storage, (await storage.request_raid(1, devices, "first password", "ext4", False)).id)
-    recovery_key = result["recovery_key"]
+    job, recovery_key = await storage.request_raid(1, devices, "first password", "ext4", False)
+    await finish(storage, job)
     assert recovery_key and len(recovery_key) == 71
     assert storage.mapping.is_open and storage.status.state is VolumeState.READY
     before = write_blob(storage.mountpoint / "blob")
@@ -190,7 +193,7 @@ async def test_encrypted_lock_unlock_and_password_change(storage: ManagedStorage
 
 async def test_restart_assembles_and_unlocks_with_device_key(storage: ManagedStorage, clean_disks, tmp_path) -> None:
     devices = [str(d.dev) for d in clean_disks[:2]]
-    await finish(storage, (await storage.request_raid(1, devices, "pw", "ext4", False)).id)
+    await finish(storage, await storage.request_raid(1, devices, "pw", "ext4", False))
     before = write_blob(storage.mountpoint / "blob")
     array = storage.array()
     # A reboot, as far as the volume knows: unmount, close, stop the array.
@@ -208,7 +211,7 @@ async def test_restart_assembles_and_unlocks_with_device_key(storage: ManagedSto
 
 async def test_degraded_array_still_comes_up(storage: ManagedStorage, clean_disks, tmp_path) -> None:
     devices = [str(d.dev) for d in clean_disks[:2]]
-    await finish(storage, (await storage.request_raid(1, devices, None, "ext4", False)).id)
+    await finish(storage, await storage.request_raid(1, devices, None, "ext4", False))
     array = storage.array()
     await until("online", lambda: array.status is RaidStatus.ONLINE)
     guest.run(["umount", str(storage.mountpoint)])
@@ -222,7 +225,7 @@ async def test_degraded_array_still_comes_up(storage: ManagedStorage, clean_disk
 
 async def test_check_repair_format_and_write_protect(storage: ManagedStorage, clean_disks) -> None:
     devices = [str(d.dev) for d in clean_disks[:2]]
-    await finish(storage, (await storage.request_raid(1, devices, None, "ext4", False)).id)
+    await finish(storage, await storage.request_raid(1, devices, None, "ext4", False))
     assert (await finish(storage, storage.check().id))["clean"] is True
     await finish(storage, storage.repair().id)
     write_blob(storage.mountpoint / "old")
@@ -240,7 +243,7 @@ async def test_check_repair_format_and_write_protect(storage: ManagedStorage, cl
 
 async def test_monitor_sees_failure_without_polling(storage: ManagedStorage, clean_disks) -> None:
     devices = [str(d.dev) for d in clean_disks[:2]]
-    await finish(storage, (await storage.request_raid(1, devices, None, "ext4", False)).id)
+    await finish(storage, await storage.request_raid(1, devices, None, "ext4", False))
     array = storage.array()
     await until("online", lambda: array.status is RaidStatus.ONLINE)
     seen = asyncio.Event()
