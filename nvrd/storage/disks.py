@@ -264,12 +264,13 @@ class Disk:
                 return None
         return None
 
+    @property
     def names(self) -> list[str]:
         """The device node and every udev link: what `[storage] disks` patterns match."""
         return [str(self.device), *self.devlinks]
 
     def matches(self, patterns: Iterable[str]) -> bool:
-        return matches(self.names(), patterns)
+        return matches(self.names, patterns)
 
 
 def matches(names: Iterable[str], patterns: Iterable[str]) -> bool:
@@ -402,11 +403,12 @@ class DiskEvent:
     def id_path(self) -> str | None:
         return self.properties.get("ID_PATH") or None
 
+    @property
     def names(self) -> list[str]:
         return [str(self.device), *self.properties.get("DEVLINKS", "").split()]
 
     def matches(self, patterns: Iterable[str]) -> bool:
-        return matches(self.names(), patterns)
+        return matches(self.names, patterns)
 
 
 ACTIONS = frozenset({"add", "remove", "change"})
