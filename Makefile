@@ -14,7 +14,7 @@ DEB := build/deb/nvrd_$(VERSION)_$(ARCH).deb
 DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl iproute2
 DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
 	smartmontools e2fsprogs xfsprogs udev
-DEBS_DEB := debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc
+DEBS_DEB := build-essential debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc
 DEBS_APPLIANCE := mmdebstrap qemu-system-x86 linux-image-amd64 e2fsprogs
 
 define ensure-debs
@@ -70,7 +70,7 @@ vm: deps-vm
 	tests/vm/run
 
 deb: $(DEB)
-$(DEB): pyproject.toml $(shell git ls-files nvrd debian systemd etc 2>/dev/null)
+$(DEB): pyproject.toml tools/build-deb $(wildcard $(shell git ls-files --cached --others --exclude-standard nvrd debian systemd etc 2>/dev/null))
 	$(call ensure-debs,$(DEBS_DEB))
 	tools/build-deb build/deb
 

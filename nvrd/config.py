@@ -37,10 +37,36 @@ class LogConfig(_Section):
     levels: dict[str, LogLevel] = {}
 
 
+class EncryptionConfig(_Section):
+    """LUKS2 key derivation cost; unset values keep cryptsetup's defaults
+    (argon2id, benchmarked on this machine). Tests set a cheap pbkdf2."""
+
+    pbkdf: Literal["argon2id", "argon2i", "pbkdf2"] | None = None
+    pbkdf_iterations: Annotated[int, Field(ge=1000)] | None = None
+    pbkdf_memory_kib: Annotated[int, Field(ge=32)] | None = None
+
+
 class StorageConfig(_Section):
     mode: Literal["managed", "directory"] = "managed"
     disks: list[str] = []
     directory: Annotated[Path, Field(strict=False)] = Path("/srv/nvrd")
+    # A blank disk put in the slot of a missing or faulty member joins the array and
+    # the rebuild starts, as on the reference recorder. Off: the admin adds it.
+    auto_replace: bool = True
+    # Slot number → /dev/disk/by-path/... link, for chassis whose bay order differs
+    # from the controllers' order. Unset: slots follow the udev ID_PATH order.
+    slots: dict[str, str] = {}
+    encryption: EncryptionConfig = EncryptionConfig()
+
+    @field_validator("slots")
+    @classmethod
+    def _slot_numbers(cls, slots: dict[str, str]) -> dict[str, str]:
+        for slot, path in slots.items():
+            if not slot.isdigit():
+                raise ValueError(f"slot {slot!r} is not a number")
+            if not path.startswith("/dev/"):
+                raise ValueError(f"{path!r} is not under /dev/")
+        return slots
 
     @field_validator("disks")
     @classmethod

@@ -8,15 +8,23 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from nvrd.accounts import AccountsService, ScryptCost
-from nvrd.api import accounts, audit, auth, certificates, errors, network, events, jobs, session, setup, system, tokens
+from nvrd.api import (
+    accounts, audit, auth, certificates, errors, events, jobs, network, session, setup, storage,
+    system, tokens,
+)
 from nvrd.api.authstate import Authenticator
-from nvrd.api.keys import ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, HTTP_SETTINGS, JOBS, LOG_LEVELS, TLS
+from nvrd.api.keys import (
+    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, HTTP_SETTINGS, JOBS, LOG_LEVELS, STORAGE, TLS, VOLUME,
+)
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.storage.manager import ManagedStorage, allowed_candidates
+from nvrd.storage.monitor import StorageMonitor
+from nvrd.storage.volume import DirectoryVolume
 from nvrd.system.http import HttpSettingsStore
 from nvrd.system.tls import TlsService
 
@@ -69,6 +77,26 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
     await app[JOBS].close()
 
 
+async def _volume(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if config.storage.mode == "directory":
+        volume = DirectoryVolume(config.storage.directory, app[BUS])
+        await volume.start()
+        app[VOLUME] = volume
+        yield
+        return
+    storage = ManagedStorage(
+        config.storage, config.daemon.state_dir, app[DEVICE].db, app[BUS], app[JOBS],
+        allowed_candidates(config.storage),
+    )
+    await storage.start()
+    app[VOLUME] = app[STORAGE] = storage
+    monitor = StorageMonitor(storage.refresh)
+    monitor.start()
+    yield
+    monitor.stop()
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # SSE handlers wait on the bus; ending the subscriptions lets them return, so
     # shutdown doesn't sit out its timeout on open streams.
@@ -95,8 +123,10 @@ def make_app(
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
-    app.cleanup_ctx.extend([_device_state, _accounts(scrypt), _http_settings, _tls, _jobs])
+    app.cleanup_ctx.extend([_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume])
     app.on_shutdown.append(_end_event_streams)
-    for module in (system, jobs, events, setup, accounts, tokens, session, audit, certificates, network):
+    for module in (
+        system, jobs, events, storage, setup, accounts, tokens, session, audit, certificates, network
+    ):
         app.add_routes(module.routes)
     return app

@@ -14,6 +14,8 @@ from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.listeners import Listeners
 from nvrd.logs import LogLevels
+from nvrd.storage.manager import ManagedStorage
+from nvrd.storage.volume import Volume
 from nvrd.system.http import HttpSettingsStore
 from nvrd.system.tls import TlsService
 
@@ -23,6 +25,10 @@ JOBS = web.AppKey("jobs", Jobs)
 DEVICE = web.AppKey("device", DeviceState)
 TLS = web.AppKey("tls", TlsService)
 LOG_LEVELS = web.AppKey("log_levels", LogLevels)
+# The volume as recording and the API see it, in either storage mode.
+VOLUME = web.AppKey("volume", Volume)  # type: ignore[type-abstract]
+# Only in managed mode (md RAID + LUKS); absent in directory mode.
+STORAGE = web.AppKey("storage", ManagedStorage)
 ACCOUNTS = web.AppKey("accounts", AccountsService)
 AUTH = web.AppKey("auth", Authenticator)
 AUDIT = web.AppKey("audit", AuditLog)

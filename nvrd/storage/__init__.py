@@ -1,0 +1,1 @@
+"""Storage: the only code that runs mdadm, cryptsetup, mkfs or mount."""
