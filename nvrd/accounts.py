@@ -58,6 +58,15 @@ class BadCredentials(CredentialFailure, Unauthenticated):
     """A login with a wrong name or password."""
 
 
+class SetupRequired(Unauthenticated):
+    """No account exists yet: nothing can log in before the first administrator."""
+
+    code = "setup-required"
+
+    def __init__(self) -> None:
+        super().__init__("no administrator exists yet: create the first one with POST /api/v1/setup")
+
+
 def check_name(name: str, field: str = "username") -> None:
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise Invalid(

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from multidict import CIMultiDict
 
-from nvrd.accounts import ANONYMOUS, Principal
+from nvrd.accounts import ANONYMOUS, Principal, SetupRequired
 from nvrd.api.authstate import Authenticator
 from nvrd.api.digest import DigestCredentials, NonceState, challenges, parse_params
 from nvrd.api.errors import problem
@@ -205,10 +205,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 return too_many(request, retry_after)
         return await _run(request, handler, auth)
     if auth.accounts.setup_required:
-        return problem(
-            401, "no administrator exists yet: create the first one with POST /api/v1/setup",
-            type_="urn:nvrd:problem:setup-required", instance=request.path,
-        )
+        raise SetupRequired()
     retry_after = auth.limiter.retry_after(address)
     if retry_after is not None:
         _log_failure(request, "refused: too many failures", 429)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
-from nvrd.accounts import SESSION_LIFETIME, BadCredentials
+from nvrd.accounts import SESSION_LIFETIME, BadCredentials, SetupRequired
 from nvrd.api.auth import SESSION_COOKIE, cleartext_password_allowed
 from nvrd.api.jsonio import read_model, respond
 from nvrd.api.keys import ACCOUNTS, AUDIT_TARGET, PRINCIPAL
@@ -54,6 +54,8 @@ async def log_in(request: web.Request) -> web.Response:
     if not cleartext_password_allowed(request):
         raise Forbidden("log in over HTTPS: the password would cross the network in the clear")
     accounts = request.app[ACCOUNTS]
+    if accounts.setup_required:
+        raise SetupRequired()
     account = await accounts.verify_password(body.username, body.password)
     if account is None:
         raise BadCredentials("wrong user name or password")
