@@ -123,8 +123,11 @@ async def _basic(request: web.Request, auth: Authenticator, encoded: str) -> Pri
 def _digest(request: web.Request, auth: Authenticator, rest: str) -> Principal:
     params = parse_params(rest)
     credentials = DigestCredentials.parse(params) if params is not None else None
-    if credentials is None:
-        raise Refused("malformed or unsupported Digest credentials (qop=auth, SHA-256 or MD5)")
+    if credentials is None or credentials.algorithm not in auth.digest_algorithms:
+        raise Refused(
+            "malformed or unsupported Digest credentials"
+            f" (qop=auth, {' or '.join(auth.digest_algorithms)})"
+        )
     if credentials.realm != auth.realm:
         raise Refused("wrong realm", counted=False, stale=True)
     if credentials.uri != request.raw_path:
@@ -143,7 +146,8 @@ def _digest(request: web.Request, auth: Authenticator, rest: str) -> Principal:
 
 def unauthorized(request: web.Request, auth: Authenticator, detail: str, stale: bool = False) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict()
-    for value in challenges(auth.realm, auth.nonces.issue(), auth.nonces.opaque, stale):
+    nonce = auth.nonces.issue()
+    for value in challenges(auth.realm, nonce, auth.nonces.opaque, stale, auth.digest_algorithms):
         headers.add("WWW-Authenticate", value)
     if cleartext_password_allowed(request):
         headers.add("WWW-Authenticate", f'Basic realm="{auth.realm}", charset="UTF-8"')

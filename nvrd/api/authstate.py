@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nvrd.accounts import AccountsService
-from nvrd.api.digest import DigestNonces
+from nvrd.api.digest import ALGORITHMS, DigestNonces
 from nvrd.ratelimit import FailureLimiter
 
 
@@ -14,6 +14,9 @@ class Authenticator:
     accounts: AccountsService
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
     nonces: DigestNonces = field(default_factory=DigestNonces)
+    # The Digest algorithms offered and accepted, in order of preference; a
+    # deployment whose clients all speak SHA-256 can drop MD5.
+    digest_algorithms: tuple[str, ...] = ALGORITHMS
 
     @property
     def realm(self) -> str:

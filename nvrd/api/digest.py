@@ -105,13 +105,16 @@ class DigestNonces:
         return NonceState.OK
 
 
-def challenges(realm: str, nonce: str, opaque: str, stale: bool = False) -> list[str]:
-    """WWW-Authenticate values, SHA-256 first; both share the nonce."""
+def challenges(
+    realm: str, nonce: str, opaque: str, stale: bool = False, algorithms: tuple[str, ...] = ALGORITHMS
+) -> list[str]:
+    """WWW-Authenticate values in order of preference (SHA-256 first); they share
+    the nonce."""
     extra = ", stale=true" if stale else ""
     return [
         f'Digest realm="{realm}", qop="auth", algorithm={algorithm}, nonce="{nonce}",'
         f' opaque="{opaque}"{extra}'
-        for algorithm in ALGORITHMS
+        for algorithm in algorithms
     ]
 
 

@@ -439,3 +439,25 @@ async def test_https_only_still_lets_loopback_in(client) -> None:
     response = await client.patch("/api/v1/system/http", json={"access": "https", "https_port": 8443})
     assert response.status == 200
     assert (await client.get("/api/v1/jobs")).status == 200  # loopback over HTTP
+
+
+@pytest.mark.parametrize("offered", [("SHA-256", "MD5"), ("MD5",)])
+async def test_curl_digest_in_process(client, offered: tuple[str, ...]) -> None:
+    """A real client for each algorithm: curl picks SHA-256 when it is offered, so
+    offering MD5 alone makes it use MD5."""
+    client.app[AUTH].digest_algorithms = offered
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-v", "--digest", "-u", f"{ADMIN}:{ADMIN_PASSWORD}", "-o", "/dev/null",
+        "-w", "%{http_code}", str(client.make_url("/api/v1/auth/session")),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert out.decode() == "200", err.decode()
+    sent = [line for line in err.decode().splitlines() if line.startswith("> Authorization: Digest")]
+    assert sent and f"algorithm={offered[0]}" in sent[0]
+    # An algorithm that is not offered is not accepted either.
+    if offered == ("MD5",):
+        response = await client.get("/api/v1/jobs", headers={"Authorization": ""})
+        challenge = response.headers.getall("WWW-Authenticate")[0].replace("MD5", "SHA-256")
+        header = digest_header(challenge, ADMIN, ADMIN_PASSWORD, "GET", "/api/v1/jobs")
+        assert (await client.get("/api/v1/jobs", headers={"Authorization": header})).status == 401
