@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+from aiohttp import web
 
 from bench.daemon_api import free_port, start_to_listening, stop, write_config
 
@@ -112,6 +113,56 @@ async def load(
     )
 
 
+async def identify_cost(count: int = 20000) -> dict[str, float]:
+    """Microseconds the server spends identifying one request, per method, without
+    the network or the load client: what authentication itself costs."""
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from nvrd.accounts import AccountsService
+    from nvrd.api.auth import identify
+    from nvrd.api.authstate import Authenticator
+    from nvrd.api.digest import challenges
+    from nvrd.db import Database
+    from nvrd.device import MIGRATIONS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(Path(tmp) / "device.db", MIGRATIONS)
+        await db.open()
+        accounts = AccountsService(db, "nvrd BENCH")
+        await accounts.load()
+        await accounts.setup(USER, PASSWORD)
+        _, secret = await accounts.create_token(USER, "bench", None)
+        auth = Authenticator(accounts)
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda key, default=None: (
+            ("127.0.0.1", 40000) if key == "peername" else default
+        )
+        signer = DigestSigner(challenges(auth.realm, auth.nonces.issue(), auth.nonces.opaque)[0])
+
+        def request(header: str) -> web.Request:
+            return make_mocked_request("GET", PATH, headers={"Authorization": header}, transport=transport)
+
+        await identify(request(_basic()), auth)  # the one scrypt, then cached
+        costs = {}
+        for name, header in (
+            ("Bearer", lambda: f"Bearer {secret}"),
+            ("Basic (verification cached)", _basic),
+            ("Digest SHA-256", lambda: signer.header("GET", PATH)),
+        ):
+            requests = [request(header()) for _ in range(count)]
+            started = time.perf_counter()
+            for each in requests:
+                await identify(each, auth)
+            costs[name] = (time.perf_counter() - started) / count * 1e6
+        started = time.perf_counter()
+        await accounts.verify_password(USER, "a wrong password")
+        costs["a wrong password (one scrypt, N=2^15)"] = (time.perf_counter() - started) * 1e6
+        await db.close()
+    return costs
+
+
 async def _challenge(url: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return response.headers.getall("WWW-Authenticate")[0]
@@ -160,6 +211,8 @@ def main() -> None:
     )
     for name, (rps, p50, p99) in results.items():
         print(f"  {name:<48} {rps:7.0f} req/s  p50 {p50:5.1f} ms  p99 {p99:5.1f} ms")
+    for name, micros in asyncio.run(identify_cost()).items():
+        print(f"  server time to identify a request, {name:<46} {micros:9.1f} us")
     ratio = results["Basic, HTTPS"][0] / results["Bearer, HTTPS"][0]
     print(f"  targets: Bearer >= 2000 req/s, Basic >= 1000 req/s, p99 < 50 ms;"
           f" Basic/Bearer over HTTPS {ratio:.2f}")
