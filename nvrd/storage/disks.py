@@ -335,6 +335,19 @@ def candidate_names(sysfs: Path = Path("/sys")) -> list[str]:
     return [entry.name for entry in entries if (entry / "device").exists()]
 
 
+def _is_data_disk(disk: Disk, props: Mapping[str, str]) -> bool:
+    """A fixed disk: not an optical drive, not removable media (card reader, floppy).
+
+    `removable` is about the medium, not hot-plug: a SATA or NVMe disk in a hot-swap
+    bay reports 0.
+    """
+    if props.get("DEVTYPE", "disk") != "disk":
+        return False
+    if props.get("ID_CDROM") == "1" or props.get("ID_TYPE") == "cd":
+        return False
+    return not disk.removable
+
+
 def inventory(
     patterns: Sequence[str],
     *,
@@ -359,7 +372,7 @@ def inventory(
         disk = Disk(name, sysfs=sysfs, udev=udev)
         try:
             props = disk.properties
-            if props.get("DEVTYPE", "disk") != "disk" or not disk.matches(patterns):
+            if not _is_data_disk(disk, props) or not disk.matches(patterns):
                 continue
             found.append((disk, disk.id_path))
         except Gone:

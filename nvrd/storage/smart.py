@@ -327,6 +327,7 @@ class SmartReader:
         self.timeout = timeout
         self._locks: dict[str, asyncio.Lock] = {}
         self._guard = threading.Lock()
+        self._awake: dict[str, SmartReport] = {}
 
     def _lock(self, device: str | os.PathLike[str]) -> asyncio.Lock:
         key = os.path.realpath(os.fspath(device))
@@ -335,7 +336,15 @@ class SmartReader:
 
     async def read(self, device: str | os.PathLike[str]) -> SmartReport:
         async with self._lock(device):
-            return await asyncio.to_thread(self._read, device)
+            report = await asyncio.to_thread(self._read, device)
+        if not report.standby:
+            self._awake[os.path.realpath(os.fspath(device))] = report
+        return report
+
+    def last_awake(self, device: str | os.PathLike[str]) -> SmartReport | None:
+        """The last reading taken while the disk was awake: what to show, marked as
+        old, while it sleeps (a standby reading has no temperature or health)."""
+        return self._awake.get(os.path.realpath(os.fspath(device)))
 
     async def read_many(self, devices: Sequence[str | os.PathLike[str]]) -> dict[str, SmartReport]:
         reports = await asyncio.gather(*(self.read(d) for d in devices))

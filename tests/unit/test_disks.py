@@ -89,6 +89,11 @@ def machine(tmp_path: Path) -> tuple[Path, FakeUdev]:
     part.mkdir()
     (part / "partition").write_text("1\n")
     props[f"{pt}p1"] = recorded_properties("partition")
+    # The guest's CD-ROM (vng's QEMU has one): a physical ATA device, but no data disk.
+    add_block(sysfs, "sr0", {"size": "2097151", "removable": "1", "ro": "0", "device/model": "QEMU DVD-ROM"})
+    props["sr0"] = {"DEVNAME": "/dev/sr0", "DEVTYPE": "disk", "ID_CDROM": "1", "ID_TYPE": "cd",
+                    "ID_SERIAL": "QEMU_DVD-ROM_QM00003", "ID_SERIAL_SHORT": "QM00003",
+                    "DEVLINKS": "/dev/cdrom /dev/disk/by-id/ata-QEMU_DVD-ROM_QM00003"}
     # Virtual block devices that a careless "/dev/*" pattern would also match.
     for name in ("md127", "loop0", "zram0", "dm-0"):
         add_block(sysfs, name, {"size": "1048576", "removable": "0", "ro": "0"}, physical=False)
@@ -125,6 +130,14 @@ def test_partitions_and_virtual_devices_are_never_listed(machine: tuple[Path, Fa
     sysfs, udev = machine
     names = {d.name for d in inventory(["/dev/*", "/dev/disk/*/*"], sysfs=sysfs, udev=udev)}
     assert names == {"nvme0n1", "nvme1n1", "nvme2n1", "nvme3n1", "nvme4n1", "sda"}
+
+
+def test_optical_drives_and_removable_media_are_never_listed(machine: tuple[Path, FakeUdev]) -> None:
+    sysfs, udev = machine
+    assert [d.name for d in inventory(["/dev/disk/by-id/ata-*", "/dev/sr0"], sysfs=sysfs, udev=udev)] == ["sda"]
+    # A card reader: removable media, no ID_CDROM.
+    (sysfs / "block" / "sda" / "removable").write_text("1\n")
+    assert inventory(["/dev/sda"], sysfs=sysfs, udev=udev) == []
 
 
 def test_no_pattern_no_disk(machine: tuple[Path, FakeUdev]) -> None:

@@ -339,3 +339,17 @@ async def test_readings_of_one_disk_are_serialized_and_of_two_disks_not(monkeypa
     assert peak["/dev/sda"] == 1  # never two smartctl on one disk
     assert total["peak"] == 2  # but another disk is read meanwhile
     assert loop_ticks > 20  # and the event loop kept running throughout
+
+
+async def test_the_last_awake_reading_survives_standby(tmp_path: Path) -> None:
+    (tmp_path / "awake").mkdir()
+    (tmp_path / "asleep").mkdir()
+    awake = fake_smartctl(tmp_path / "awake", *recorded("sata-a.json"))
+    asleep = fake_smartctl(tmp_path / "asleep", standby_output(), STANDBY_EXIT)
+    assert SmartReader(smartctl=str(awake)).last_awake("/dev/sda") is None
+    reader = SmartReader(smartctl=str(awake))
+    assert (await reader.read("/dev/sda")).temperature_c == 31
+    reader.smartctl = str(asleep)
+    assert (await reader.read("/dev/sda")).standby
+    last = reader.last_awake("/dev/sda")
+    assert last is not None and last.health is Health.PASSED and last.temperature_c == 31

@@ -1,0 +1,69 @@
+"""vm tier fixtures. These tests run only inside the guest that tests/vm/run boots.
+
+Outside it (no NVRD_VM_GUEST=1) every vm test is skipped. When NVRD_VM_GUEST=1 is
+set but this does not look like that guest (no kernel command line marker, or not
+the four QEMU NVMe disks with our serials) the session aborts before any test runs.
+Nothing here touches a disk that was not found by one of those serials.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import guest
+
+HERE = Path(__file__).parent
+
+
+def _is_vm_item(item: pytest.Item) -> bool:
+    return HERE in Path(item.path).parents
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get(guest.GUEST_ENV) is None:
+        return
+    problems = guest.guest_problems(guest.wanted_serials())
+    if problems:
+        pytest.exit(
+            "vm tier: refusing to run, this is not the test guest: " + "; ".join(problems),
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(guest.GUEST_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason="vm tier runs only inside its virtme-ng guest: use `make vm`")
+    for item in items:
+        if _is_vm_item(item):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def vm_disks() -> list[guest.Disk]:
+    """The four test disks, ordered by serial, with the md and dm modules loaded."""
+    serials = guest.wanted_serials()
+    problems = guest.guest_problems(serials)
+    assert not problems, problems
+    guest.load_modules()
+    guest.settle()
+    disks = [guest.Disk(serial, qom_id=f"nvmectl{i}") for i, serial in enumerate(serials)]
+    for disk in disks:
+        disk.check_is_test_disk()
+    return disks
+
+
+@pytest.fixture
+def clean_disks(vm_disks: list[guest.Disk]) -> Iterator[list[guest.Disk]]:
+    """The test disks with nothing on them and nothing stacked on them.
+
+    Wiped before the test, and again after it so that nothing a test leaves
+    running (an array, a mapping, a mount) outlives it.
+    """
+    guest.wipe_disks(vm_disks)
+    yield vm_disks
+    guest.wipe_disks(vm_disks)
