@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import ipaddress
 import json
 import os
 import re
@@ -194,7 +195,7 @@ def _issue(subject: str, key, issuer: str, issuer_key, ca: bool, days: int = 30)
     )
     if not ca:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
     return builder.sign(issuer_key, hashes.SHA256())
@@ -232,7 +233,7 @@ def test_certificates_upload_pem_chain_pfx_csr_and_serve_without_restart(running
     root_key = ec.generate_private_key(ec.SECP256R1())
     mid_key = ec.generate_private_key(ec.SECP256R1())
     leaf_key = ec.generate_private_key(ec.SECP256R1())
-    root = _issue("Test Root", root_key, "Test Root", root_key, ca=True)
+    # The root itself stays with its owner; the device gets the leaf and the intermediate.
     mid = _issue("Test Intermediate", mid_key, "Test Root", root_key, ca=True)
     leaf = _issue("chain.nvrd.test", leaf_key, "Test Intermediate", mid_key, ca=False)
 
@@ -314,13 +315,7 @@ def test_certificates_upload_pem_chain_pfx_csr_and_serve_without_restart(running
     running.stop()
     running.start()
     running.wait_listening()
-    assert served_chain(running.https_port) == ["CN = " + socket_hostname()]
-
-
-def socket_hostname() -> str:
-    import socket
-
-    return socket.gethostname()
+    assert served_chain(running.https_port) == ["CN = " + socket.gethostname()]
 
 
 # --- nvrctl ------------------------------------------------------------------------------
