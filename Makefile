@@ -77,8 +77,10 @@ $(DEB): pyproject.toml tools/build-deb $(wildcard $(shell git ls-files --cached 
 appliance: deps-appliance $(DEB)
 	NVRD_DEB=$(DEB) $(VBIN)/pytest -q tests/appliance
 
-bench: deps-dev
+bench: deps-vm
 	$(VBIN)/python -m bench
+	# Storage figures need the real kernel: tests/vm/bench_*.py in a guest of their own.
+	NVRD_VM_SCRATCH=build/vm/bench tests/vm/run -o python_files='bench_*.py' -s
 
 clean:
 	rm -rf build var .stamps

@@ -24,7 +24,7 @@ from typing import Any
 from nvrd.bus import Bus
 from nvrd.config import StorageConfig
 from nvrd.db import Database
-from nvrd.errors import Busy, Conflict, Forbidden, Invalid, NotFound
+from nvrd.errors import Busy, Conflict, Forbidden, Gone, Invalid, NotFound
 from nvrd.jobs import Job, JobContext, Jobs
 from nvrd.storage import disks, fs, luks, tools
 from nvrd.storage.smart import SmartReader, SmartReport
@@ -215,29 +215,17 @@ class ManagedStorage:
     async def disk_list(self) -> list[dict[str, Any]]:
         """Every allowed disk with its slot, identity, role in our array and SMART
         health; plus a row for each array role whose disk is gone."""
-        found = await asyncio.to_thread(disks.inventory, self.config.disks, slots=self.config.slots)
-        array = self.array()
-        roles = array.member_statuses() if array else {}
-        reports = await asyncio.gather(*(self._smart_report(d.device) for d in found))
-        rows = []
-        for disk, report in zip(found, reports):
-            rows.append(
-                {
-                    "slot": disk.slot,
-                    "device": str(disk.device),
-                    "by_id": disk.by_id,
-                    "serial": disk.serial,
-                    "model": disk.model,
-                    "capacity_bytes": disk.capacity_bytes,
-                    "status": roles[disk.name].value if disk.name in roles else "unused",
-                    "temperature_c": report.temperature_c,
-                    "health": report.health.value,
-                    "health_reason": report.reason,
-                    "led": None,
-                }
+        found = await asyncio.to_thread(self._disk_rows)
+        reports = await asyncio.gather(*(self._smart_report(Path(row["device"])) for row in found))
+        for row, report in zip(found, reports):
+            row.update(
+                temperature_c=report.temperature_c,
+                health=report.health.value,
+                health_reason=report.reason,
             )
+        array = self.array()
         for role in array.missing_slots() if array else []:
-            rows.append(
+            found.append(
                 {
                     "slot": None, "device": None, "by_id": None, "serial": None,
                     "model": None, "capacity_bytes": None, "status": "missing",
@@ -245,6 +233,30 @@ class ManagedStorage:
                     "health_reason": "the disk is gone", "led": None,
                 }
             )
+        return found
+
+    def _disk_rows(self) -> list[dict[str, Any]]:
+        """Identity and array role of each allowed disk (blocking: udev and sysfs).
+        A disk pulled while the list is made is left out, not an error."""
+        array = self.array()
+        roles = array.member_statuses() if array else {}
+        rows = []
+        for disk in disks.inventory(self.config.disks, slots=self.config.slots):
+            try:
+                rows.append(
+                    {
+                        "slot": disk.slot,
+                        "device": str(disk.device),
+                        "by_id": disk.by_id,
+                        "serial": disk.serial,
+                        "model": disk.model,
+                        "capacity_bytes": disk.capacity_bytes,
+                        "status": roles[disk.name].value if disk.name in roles else "unused",
+                        "led": None,
+                    }
+                )
+            except Gone:
+                continue
         return rows
 
     async def _smart_report(self, device: Path) -> SmartReport:

@@ -267,7 +267,17 @@ class MdArray:
             *[str(d) for d in devices],
             input="y\n",
         )
-        return cls(Path(f"/dev/md/{name}").resolve().name, sysfs)
+        return cls.holding(devices[0], sysfs)
+
+    @classmethod
+    def holding(cls, device: Path, sysfs: Path = Path("/sys")) -> MdArray:
+        """The array that has `device` as a member, from sysfs alone: the
+        /dev/md/<name> link is udev's and may not exist yet."""
+        member = f"dev-{device.resolve().name}"
+        for array in cls.all(sysfs):
+            if (array.md / member).is_dir():
+                return array
+        raise NotFound(f"{device} is in no md array", device=str(device))
 
     @classmethod
     async def assemble(cls, uuid: str, sysfs: Path = Path("/sys")) -> None:

@@ -3,7 +3,8 @@
 One smartctl run per reading: `smartctl --json=c --all --nocheck=standby,3 DEV`. A disk
 in standby is not woken: smartctl skips it and exits with 3, and the reading says
 health unknown with that reason. Runs are serialized per disk (one asyncio.Lock per
-device) and happen in a thread, since smartctl can take seconds on a sick disk.
+device) and go through the storage tool runner (an asyncio subprocess with a
+timeout), since smartctl can take seconds on a sick disk.
 
 Why JSON and not pySMART's parse: see docs/design/disks.md. In short, pySMART 1.4.3
 parses smartctl's text only, ignores smartctl's exit status (so it cannot tell a
@@ -28,12 +29,12 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from nvrd.storage import tools
 
 log = logging.getLogger(__name__)
 
@@ -282,61 +283,48 @@ def parse_smartctl_json(output: str | bytes, exit_status: int | None = None) -> 
     return SmartReport(Health.PASSED, None, **values)
 
 
-def run_smartctl(device: str | os.PathLike[str], *, smartctl: str | None = None, timeout: float = TIMEOUT_S) -> SmartReport:
-    """Run smartctl once for `device` and parse it. Blocking: call it in a thread.
+async def run_smartctl(
+    device: str | os.PathLike[str], *, smartctl: str | None = None, timeout: float = TIMEOUT_S
+) -> SmartReport:
+    """Run smartctl once for `device` (through the storage tool runner) and parse it.
 
-    smartctl's non-zero exit statuses are information (a bit mask), not errors, so
-    this returns a report for every outcome instead of raising.
+    smartctl's exit status is a bit mask of findings, not an error: every status is
+    accepted, and the parser reads it from the JSON (`smartctl.exit_status`). So this
+    returns a report for every outcome instead of raising.
     """
     binary = smartctl or shutil.which("smartctl") or shutil.which("smartctl", path="/usr/sbin:/sbin")
     if binary is None:
         return SmartReport.unknown("smartctl is not installed (smartmontools)")
     argv = smartctl_argv(device, binary)
-    log.debug("run %s", " ".join(argv))
     try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            env={**os.environ, "LC_ALL": "C"},
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return SmartReport.unknown(f"smartctl timed out after {timeout:g} s")
-    except OSError as exc:
-        return SmartReport.unknown(f"cannot run smartctl: {exc.strerror}")
-    report = parse_smartctl_json(proc.stdout, proc.returncode)
-    if report.health is Health.UNKNOWN and not proc.stdout.strip() and proc.stderr:
-        return SmartReport.unknown(
-            f"smartctl failed (exit status {proc.returncode}): {proc.stderr.decode(errors='replace').strip()}",
-            exit_status=proc.returncode,
-        )
-    return report
+        output = await tools.run(argv[0], *argv[1:], timeout=timeout, ok_codes=range(256))
+    except tools.CommandFailed as exc:
+        if exc.returncode is None:
+            return SmartReport.unknown(f"smartctl timed out after {timeout:g} s")
+        return SmartReport.unknown(f"cannot run smartctl: {exc}", exit_status=exc.returncode)
+    return parse_smartctl_json(output)
 
 
 class SmartReader:
-    """Reads SMART for many disks: one smartctl at a time per disk, in threads.
+    """Reads SMART for many disks: one smartctl at a time per disk.
 
-    The event loop never blocks on smartctl. Two readings of the same disk wait for
-    each other; readings of different disks run side by side.
+    smartctl runs as an asyncio subprocess (nvrd.storage.tools), so the event loop
+    never blocks on it. Two readings of the same disk wait for each other; readings
+    of different disks run side by side.
     """
 
     def __init__(self, *, smartctl: str | None = None, timeout: float = TIMEOUT_S) -> None:
         self.smartctl = smartctl
         self.timeout = timeout
         self._locks: dict[str, asyncio.Lock] = {}
-        self._guard = threading.Lock()
         self._awake: dict[str, SmartReport] = {}
 
     def _lock(self, device: str | os.PathLike[str]) -> asyncio.Lock:
-        key = os.path.realpath(os.fspath(device))
-        with self._guard:
-            return self._locks.setdefault(key, asyncio.Lock())
+        return self._locks.setdefault(os.path.realpath(os.fspath(device)), asyncio.Lock())
 
     async def read(self, device: str | os.PathLike[str]) -> SmartReport:
         async with self._lock(device):
-            report = await asyncio.to_thread(self._read, device)
+            report = await run_smartctl(device, smartctl=self.smartctl, timeout=self.timeout)
         if not report.standby:
             self._awake[os.path.realpath(os.fspath(device))] = report
         return report
@@ -349,9 +337,6 @@ class SmartReader:
     async def read_many(self, devices: Sequence[str | os.PathLike[str]]) -> dict[str, SmartReport]:
         reports = await asyncio.gather(*(self.read(d) for d in devices))
         return {os.fspath(d): r for d, r in zip(devices, reports)}
-
-    def _read(self, device: str | os.PathLike[str]) -> SmartReport:
-        return run_smartctl(device, smartctl=self.smartctl, timeout=self.timeout)
 
 
 def report_as_dict(report: SmartReport) -> dict[str, Any]:

@@ -30,7 +30,8 @@ in_guest() {
     done
     for k in "${!by_serial[@]}"; do echo "serial $k -> ${by_serial[$k]}"; done
     local blank=${by_serial[REC0000]} ext4=${by_serial[REC0001]} pt=${by_serial[REC0002]}
-    local luks=${by_serial[REC0003]} md=${by_serial[REC0004]} sata=${by_serial[QM00001]:-sda}
+    local luks=${by_serial[REC0003]} md=${by_serial[REC0004]} sata= s
+    for s in /sys/block/sd*; do sata=${s##*/}; break; done   # the one AHCI disk
     mkdir -p "$out/udev" "$out/smart" "$out/blk"
 
     mkfs.ext4 -q -F -L nvrdrec "/dev/$ext4"

@@ -210,7 +210,8 @@ def wipe_disks(disks: Sequence[Disk]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-    run(["blockdev", "--flushbufs", "--rereadpt", *devs])
+    # wipefs has had the kernel drop any partitions; the zeroes went through the
+    # same page cache as any later reader's.
     settle()
     left = run(["wipefs", "--no-act", "--noheadings", *devs]).stdout.decode().strip()
     if left:
@@ -218,6 +219,13 @@ def wipe_disks(disks: Sequence[Disk]) -> None:
     for disk in disks:
         if disk.holders():
             raise AssertionError(f"{disk.dev} was picked up again after wiping: {disk.holders()}")
+
+
+def release_disks(disks: Sequence[Disk]) -> None:
+    """Unmount, close and stop whatever is stacked on the disks; their data stays."""
+    for disk in disks:
+        disk.check_is_test_disk()
+        disk.tear_down_holders()
 
 
 def guest_problems(serials: Sequence[str]) -> list[str]:

@@ -104,12 +104,13 @@ def sha256(data: bytes) -> str:
 
 def contains(path: Path, needle: bytes, chunk: int = 8 * MiB) -> bool:
     """Whether the whole block device holds `needle` anywhere."""
+    overlap = len(needle) - 1
     tail = b""
     with open(path, "rb", buffering=0) as f:
         while block := f.read(chunk):
-            if needle in tail + block:
+            if needle in block or needle in tail + block[:overlap]:
                 return True
-            tail = block[-(len(needle) - 1) :]
+            tail = block[-overlap:]
     return False
 
 

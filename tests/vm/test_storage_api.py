@@ -139,7 +139,7 @@ async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_dis
     assert state["volume"] == "ready"
     # Put it back blank (a replacement): wipe happens on rescan's fresh disk.
     Path("/sys/bus/pci/rescan").write_text("1")
-    guest.wait_for("disk back", lambda: pulled.dev.exists())
+    guest.wait_for("disk back", lambda: _present(pulled))
     # It still carries the old superblock, so auto-replace must leave it alone...
     await asyncio.sleep(2)
     state = await (await api.get("/api/v1/storage")).json()
@@ -152,3 +152,10 @@ async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_dis
     await storage_until(api, lambda s: s["raid"]["status"] in ("syncing", "online"), "rebuild started", 60)
     state = await storage_until(api, lambda s: s["raid"]["status"] == "online", "online again")
     assert all(d["status"] == "online" for d in state["raid"]["devices"])
+
+
+def _present(disk: guest.Disk) -> bool:
+    try:
+        return disk.dev.exists()
+    except guest.Gone:
+        return False
