@@ -43,6 +43,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    # tests/vm/run names this test if the guest hangs or dies before pytest ends.
+    scratch = os.environ.get("NVRD_VM_SCRATCH")
+    if os.environ.get(guest.GUEST_ENV) == "1" and scratch:
+        Path(scratch, "current-test").write_text(nodeid + "\n")
+
+
 @pytest.fixture(scope="session")
 def vm_disks() -> list[guest.Disk]:
     """The four test disks, ordered by serial, with the md and dm modules loaded."""
