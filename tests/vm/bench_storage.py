@@ -10,6 +10,7 @@ is inflated several times over real hardware, so they are upper bounds.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -32,9 +33,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Basic is accepted from loopback; the account is made through /setup first.
+AUTH = "Basic " + base64.b64encode(b"admin:bench password").decode()
+
+
 def call(port: int, method: str, path: str, body: dict | None = None) -> dict:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+    request.add_header("Authorization", AUTH)
     if data:
         request.add_header("Content-Type", "application/json")
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -63,13 +69,18 @@ def test_failure_to_degraded_and_idle_cpu(clean_disks: list[guest.Disk], tmp_pat
     config = tmp_path / "nvrd.toml"
     allowed = ", ".join(f'"/dev/disk/by-id/*{d.serial}"' for d in clean_disks[:3])
     config.write_text(
-        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[log]\nlevel = "warning"\n'
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[log]\nlevel = "info"\n'
         f'[storage]\nmode = "managed"\ndisks = [{allowed}]\nauto_replace = false\n'
         f'[http]\nlisten = "127.0.0.1"\nhttp_port = {port}\nhttps_port = 0\n'
     )
-    daemon = subprocess.Popen([sys.executable, "-m", "nvrd.daemon", "--config", str(config)])
+    log = open(tmp_path / "nvrd.log", "w")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "nvrd.daemon", "--config", str(config)], stderr=log
+    )
     try:
-        until("listening", lambda: _connects(port), 60)
+        # Start-up under emulation on a busy host can take a minute (imports).
+        until("listening", lambda: daemon.poll() is None and _connects(port), 300)
+        call(port, "POST", "/api/v1/setup", {"username": "admin", "password": "bench password"})
         job = call(port, "POST", "/api/v1/storage/raid", {"level": 1, "disks": [str(d.dev) for d in clean_disks[:3]], "confirm": True})
         until("created", lambda: call(port, "GET", f"/api/v1/jobs/{job['id']}")["state"] == "succeeded")
         until("online", lambda: call(port, "GET", "/api/v1/storage")["raid"]["status"] == "online")
@@ -83,7 +94,11 @@ def test_failure_to_degraded_and_idle_cpu(clean_disks: list[guest.Disk], tmp_pat
         for i in range(FAILURES):
             disk = clean_disks[i % 3]
             events = urllib.request.urlopen(
-                f"http://127.0.0.1:{port}/api/v1/events?topics=storage.changed", timeout=60
+                urllib.request.Request(
+                    f"http://127.0.0.1:{port}/api/v1/events?topics=storage.changed",
+                    headers={"Authorization": AUTH},
+                ),
+                timeout=60,
             )
             arrived: list[float] = []
             reader = threading.Thread(target=_first_degraded, args=(events, arrived))
@@ -109,6 +124,8 @@ def test_failure_to_degraded_and_idle_cpu(clean_disks: list[guest.Disk], tmp_pat
     finally:
         daemon.terminate()
         daemon.wait(20)
+        log.close()
+        print((tmp_path / "nvrd.log").read_text()[-3000:])
     print()
     print("storage (vm guest, TCG):")
     print(f"  idle CPU with a healthy RAID 1 over {IDLE_SECONDS} s: {idle:.2f} % of a core (target < 0.5 %)")
