@@ -150,8 +150,13 @@ async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_dis
     guest.settle()
     guest.run(["udevadm", "trigger", "--action=change", "--settle", pulled.dev])
     await storage_until(api, lambda s: s["raid"]["status"] in ("syncing", "online"), "rebuild started", 60)
-    state = await storage_until(api, lambda s: s["raid"]["status"] == "online", "online again")
-    assert all(d["status"] == "online" for d in state["raid"]["devices"])
+    state = await storage_until(
+        api,
+        lambda s: s["raid"]["status"] == "online"
+        and all(d["status"] == "online" for d in s["raid"]["devices"]),
+        "online again with every member in sync",
+    )
+    assert len(state["raid"]["devices"]) == 3
 
 
 def _present(disk: guest.Disk) -> bool:
