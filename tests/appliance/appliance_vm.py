@@ -251,7 +251,7 @@ class Guest:
         """Run `cmd` with bash as root in the guest: (exit code, stdout+stderr).
         The exit code is -1 if the command ran longer than `timeout` seconds."""
         rid = self._send(cmd, timeout)
-        reply = self._receive(rid, time.monotonic() + timeout + 30)
+        reply = self._receive(rid, time.monotonic() + timeout + 60)
         if reply is None:
             raise ApplianceError(f"no answer from the guest agent for {cmd!r}")
         return reply["rc"], base64.b64decode(reply["out"]).decode(errors="replace")
@@ -337,10 +337,18 @@ class Appliance:
             self.qemu = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT)
         try:
             self.guest = Guest(ctl, self.qemu)
+            deadline = time.monotonic() + boot_timeout
             self.guest.wait_ready(boot_timeout)
-            # Boot finished ("running", or "degraded" if some unit failed: the
-            # tests look at that themselves).
-            self.guest.run("systemctl is-system-running --wait", timeout=boot_timeout)
+            # Wait for the end of boot ("running", or "degraded" if a unit failed:
+            # the tests look at that) with short commands, so that a stalled guest
+            # shows up as such.
+            while True:
+                state = self.guest.run("systemctl is-system-running", timeout=30)[1].strip()
+                if state not in ("initializing", "starting"):
+                    break
+                if time.monotonic() > deadline:
+                    raise ApplianceError(f"boot did not finish within {boot_timeout:.0f} s (state {state})")
+                time.sleep(2)
         except Exception as e:
             qemu_log = (self.workdir / "qemu.log").read_text(errors="replace")[-2000:]
             raise ApplianceError(

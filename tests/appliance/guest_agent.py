@@ -22,6 +22,16 @@ import tty
 PORT = "/dev/ttyS1"
 
 
+def trace(message: str) -> None:
+    """One line in the kernel log, which the host keeps as console.log: when the
+    channel stalls, that file shows the last command the agent ran."""
+    try:
+        with open("/dev/kmsg", "w") as kmsg:
+            kmsg.write(f"nvrd-test-agent: {message}\n")
+    except OSError:
+        pass
+
+
 def run(cmd: str, timeout: float) -> tuple[int, bytes]:
     proc = subprocess.Popen(
         ["/bin/bash", "-c", cmd],
@@ -62,7 +72,9 @@ def main() -> None:
                 rid, cmd = req["id"], req["cmd"]
             except (ValueError, KeyError, TypeError):
                 continue
+            trace(f"{rid} run {cmd[:100]!r}")
             rc, out = run(cmd, float(req.get("timeout", 60)))
+            trace(f"{rid} rc={rc}, {len(out)} bytes")
             reply = {"id": rid, "rc": rc, "out": base64.b64encode(out).decode()}
             data = json.dumps(reply).encode() + b"\n"
             while data:
