@@ -43,11 +43,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
-    # tests/vm/run names this test if the guest hangs or dies before pytest ends.
+def _scratch() -> Path | None:
     scratch = os.environ.get("NVRD_VM_SCRATCH")
-    if os.environ.get(guest.GUEST_ENV) == "1" and scratch:
-        Path(scratch, "current-test").write_text(nodeid + "\n")
+    return Path(scratch) if scratch and os.environ.get(guest.GUEST_ENV) == "1" else None
+
+
+# If the guest hangs or dies, pytest never prints its summary; tests/vm/run then
+# shows these two files instead.
+def pytest_runtest_logstart(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    if scratch := _scratch():
+        (scratch / "current-test").write_text(nodeid + "\n")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and (scratch := _scratch()):
+        with open(scratch / "failures.txt", "a") as f:
+            f.write(f"{report.nodeid} ({report.when}) FAILED\n{report.longreprtext}\n\n")
 
 
 @pytest.fixture(scope="session")
