@@ -22,6 +22,15 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     """,
+    # 2: cameras (nvrd/recording/cameras.py): settings as validated JSON, password
+    # included (write-only over the API).
+    """
+    CREATE TABLE camera (
+        id       TEXT PRIMARY KEY,
+        settings TEXT NOT NULL,
+        created  TEXT NOT NULL
+    );
+    """,
 ]
 
 # Values that board vendors leave in DMI when they never set a serial.

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from nvrd.api import errors, events, jobs, system
-from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, TLS, VOLUME
+from nvrd.api import cameras, errors, events, jobs, recordings, system
+from nvrd.api.keys import BUS, CONFIG, DEVICE, JOBS, LOG_LEVELS, RECORDER, TLS, VOLUME
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.recording.recorder import Recorder
 from nvrd.storage.volume import DirectoryVolume
 from nvrd.system.tls import TlsService
 
@@ -52,6 +53,16 @@ async def _volume(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def _recorder(app: web.Application) -> AsyncIterator[None]:
+    # Follows the volume (volume.changed on the bus); stopping lets every ffmpeg
+    # finish its segment.
+    recorder = Recorder(app[DEVICE].db, app[VOLUME], app[BUS])
+    await recorder.start()
+    app[RECORDER] = recorder
+    yield
+    await recorder.close()
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # SSE handlers wait on the bus; ending the subscriptions lets them return, so
     # shutdown doesn't sit out its timeout on open streams.
@@ -69,8 +80,8 @@ def make_app(config: Config, log_levels: LogLevels | None = None) -> web.Applica
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
-    app.cleanup_ctx.extend([_device_state, _tls, _jobs, _volume])
+    app.cleanup_ctx.extend([_device_state, _tls, _jobs, _volume, _recorder])
     app.on_shutdown.append(_end_event_streams)
-    for module in (system, jobs, events):
+    for module in (system, jobs, events, cameras, recordings):
         app.add_routes(module.routes)
     return app

@@ -9,6 +9,7 @@ from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.recording.recorder import Recorder
 from nvrd.storage.volume import DirectoryVolume
 from nvrd.system.tls import TlsService
 
@@ -19,3 +20,4 @@ DEVICE = web.AppKey("device", DeviceState)
 TLS = web.AppKey("tls", TlsService)
 LOG_LEVELS = web.AppKey("log_levels", LogLevels)
 VOLUME = web.AppKey("volume", DirectoryVolume)
+RECORDER = web.AppKey("recorder", Recorder)
