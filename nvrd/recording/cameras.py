@@ -31,6 +31,8 @@ RetentionDays = Annotated[int, Field(ge=1, le=3650)]
 SegmentSeconds = Annotated[int, Field(ge=2, le=600)]
 Transport = Literal["tcp", "udp"]
 Mode = Literal["continuous"]
+# JSON has no enums: accept the string (strict mode would want an AudioPolicy).
+G711 = Annotated[AudioPolicy, Field(strict=False)]
 
 # The `camera` table is device.py's migration 2.
 
@@ -81,7 +83,7 @@ class CameraCreate(_Input):
     retention_days: RetentionDays | None = None
     mode: Mode = "continuous"
     segment_seconds: SegmentSeconds = 60
-    g711: AudioPolicy = AudioPolicy.AAC
+    g711: G711 = AudioPolicy.AAC
 
 
 class CameraPatch(_Input):
@@ -94,7 +96,7 @@ class CameraPatch(_Input):
     retention_days: RetentionDays | None = None
     mode: Mode | None = None
     segment_seconds: SegmentSeconds | None = None
-    g711: AudioPolicy | None = None
+    g711: G711 | None = None
 
 
 class Camera(BaseModel):

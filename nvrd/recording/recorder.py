@@ -122,6 +122,7 @@ class CameraSupervisor:
         self._wake = asyncio.Event()
         self._offline = False
         self._closing = False
+        self._step_logged = 0
         self.task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
@@ -253,6 +254,9 @@ class CameraSupervisor:
             recorder.settings.ffmpeg,
         )
         process = FfmpegProcess(argv, self.name)
+        # Every ffmpeg run is a new run in the index: its timeline is anchored anew.
+        self.run_id = None
+        self._step_logged = 0
         timeline = Timeline(not_before_ms=self.last_segment_end_ms or 0)
         self.idle.clear()
         self._set_state(CameraState.CONNECTING, keep_error=True)
@@ -273,12 +277,10 @@ class CameraSupervisor:
             watch.cancel()
             self.process = None
             self.idle.set()
-        if process.codecs.get("video"):
-            self.video_codec = process.codecs["video"]
         audio = process.codecs.get("audio")
-        if audio != self.audio_codec:
+        if audio is not None:
             self.audio_codec = audio
-            if used_audio is None and audio is not None and audio not in COPYABLE_AUDIO:
+            if used_audio is None and audio not in COPYABLE_AUDIO:
                 log.info("camera %s sends %s audio: restarting with g711=%s", self.name, audio, self.camera.g711)
                 return "audio", None
         if process.stop_requested:
@@ -295,6 +297,11 @@ class CameraSupervisor:
         started = asyncio.create_task(process.output_started.wait())
         try:
             await asyncio.wait_for(asyncio.shield(started), limit)
+            video = process.codecs.get("video")
+            if video:
+                self.video_codec = {"hevc": "h265"}.get(video, video)
+            if "audio" in process.codecs:
+                self.audio_codec = process.codecs["audio"]
             self._set_state(CameraState.RECORDING)
         except TimeoutError:
             pass
@@ -321,7 +328,8 @@ class CameraSupervisor:
         parsed = segments.parse_incoming_name(closed.filename)
         seq = parsed[1] if parsed else 0
         start_ms, end_ms, discontinuous = timeline.place(closed, recorder.clock.wall_ms())
-        if timeline.clock_step_ms:
+        if timeline.clock_step_ms and abs(timeline.clock_step_ms - self._step_logged) > timeline.step_ms:
+            self._step_logged = timeline.clock_step_ms
             self.anomalies["clock-step"] += 1
             log.warning(
                 "camera %s: the wall clock is %+d ms off this run's timeline (a clock step?): "
