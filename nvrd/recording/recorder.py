@@ -107,7 +107,7 @@ class CameraSupervisor:
     def __init__(self, recorder: Recorder, camera: Camera) -> None:
         self.recorder = recorder
         self.camera = camera
-        self.state = CameraState.CONNECTING
+        self.state = CameraState.CONNECTING if camera.enabled else CameraState.DISABLED
         self.last_error: str | None = None
         self.last_segment_end_ms: int | None = None
         self.last_segment_mono: float | None = None
@@ -505,7 +505,6 @@ class Recorder:
         self.volume_reason = detail
         for supervisor in self.supervisors.values():
             supervisor.interrupt(reason)
-            supervisor.run_id = None
         await asyncio.gather(*(self._wait_idle(s) for s in self.supervisors.values()))
         for supervisor in self.supervisors.values():
             # A run resumes only after a gap: the reason stays the storage's.
@@ -605,6 +604,9 @@ class Recorder:
             supervisor.camera = new
             if not new.enabled and old.enabled:
                 supervisor.interrupt("disabled")
+                supervisor.state = CameraState.DISABLED
+            elif new.enabled and not old.enabled:
+                supervisor.state = CameraState.CONNECTING
             elif new.recording_settings() != old.recording_settings():
                 if new.url != old.url:
                     supervisor.audio_codec = None

@@ -97,6 +97,7 @@ class Retention:
         self._free = free
         self.deleted = 0
         self.deleted_bytes = 0
+        self.newest_deleted_start_ms: int | None = None
         self._lock = asyncio.Lock()
 
     def floor(self) -> int:
@@ -152,6 +153,9 @@ class Retention:
         await self.index.drop(ids)
         self.deleted += len(ids)
         self.deleted_bytes += sum(r.bytes for r in rows)
+        newest = max((r.start_ms for r in rows), default=None)
+        if newest is not None and (self.newest_deleted_start_ms is None or newest > self.newest_deleted_start_ms):
+            self.newest_deleted_start_ms = newest
 
 
 def unlink_all(volume: Path, paths: list[str]) -> None:

@@ -241,3 +241,64 @@ def index_rows(volume: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM segment ORDER BY id")]
     finally:
         conn.close()
+
+
+def api(base: str, method: str, path: str, body: Any = None, timeout: float = 10) -> tuple[int, Any]:
+    """A JSON request to a daemon process; (status, decoded body)."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        base + path, data=data, method=method,
+        headers={"Content-Type": "application/json"} if data is not None else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def start_daemon(directory: Path) -> Any:
+    """A real nvrd process with directory storage in `directory/volume`."""
+    from ..conftest import DaemonProcess, write_config
+
+    directory.mkdir(parents=True, exist_ok=True)
+    process = DaemonProcess(
+        config_path=directory / "nvrd.toml", state_dir=directory / "state",
+        http_port=free_port(), https_port=0,
+    )
+    write_config(process.config_path, process.state_dir, process.http_port, 0)
+    process.start()
+    process.wait_listening()
+    return process
+
+
+@pytest.fixture(scope="session")
+def _long_recording_started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RtspServer, Any, Path]]:
+    directory = tmp_path_factory.mktemp("long")
+    server = RtspServer({"long": clip("h264-aac-180")}).start()
+    daemon = start_daemon(directory / "nvrd")
+    try:
+        status, body = api(daemon.http, "POST", "/api/v1/cameras",
+                           {"id": "long", "url": server.url("long"), "segment_seconds": 10})
+        assert status == 201, body
+        yield server, daemon, directory / "nvrd" / "volume"
+    finally:
+        daemon.stop()
+        server.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _start_long_recording_early(request: pytest.FixtureRequest) -> None:
+    """The three-minute recording runs beside the other recording tests, not after
+    them: the host tier stays short. Started only when its test is selected."""
+    if any(item.name.startswith("test_three_minutes") for item in request.session.items):
+        request.getfixturevalue("_long_recording_started")
+
+
+@pytest.fixture
+def long_recording(_long_recording_started):  # noqa: ANN001, ANN201
+    return _long_recording_started
