@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-from bench import daemon_api
+from bench import daemon_api, recording
 
 
 def main() -> int:
     print(f"python {sys.version.split()[0]}")
     daemon_api.main()
+    # NVRD_BENCH_CAMERAS="16" limits the streams part on a shared machine.
+    cameras = os.environ.get("NVRD_BENCH_CAMERAS", "16 64 128").split()
+    recording.main(["--cameras", *cameras])
     return 0
 
 

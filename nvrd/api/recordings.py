@@ -67,9 +67,9 @@ async def recordings(request: web.Request) -> web.Response:
     from_ms, to_ms = time_range(request, recorder.clock.wall_ms())
     cameras = request.query.getall("camera", None)
     if cameras is not None:
+        # Unknown ids are not an error: a deleted camera's recordings stay until
+        # retention removes them, and can still be asked for.
         cameras = [c for value in cameras for c in value.split(",") if c]
-        for camera in cameras:
-            recorder.supervisor(camera) if camera in recorder.supervisors else None
     runs, gaps = await recorder.runs_and_gaps(cameras, from_ms, to_ms)
     return respond(
         {
