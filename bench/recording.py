@@ -291,6 +291,7 @@ def build_index(path: Path, rows: int, cameras: int, segment_s: int = 60) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(path)
     migrate(conn, MIGRATIONS, path)
+    conn.execute("PRAGMA foreign_keys=OFF")  # runs are written after their segments
     for name in ("segment_camera_start", "segment_start", "segment_run"):
         conn.execute(f"DROP INDEX {name}")
     per_camera = rows // cameras

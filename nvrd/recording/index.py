@@ -53,6 +53,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX segment_camera_start ON segment (camera, start_ms);
     CREATE INDEX segment_start ON segment (start_ms);
     CREATE INDEX segment_run ON segment (run_id, start_ms);
+    -- Start-up finds interrupted deletes without reading every row.
+    CREATE INDEX segment_deleting ON segment (id) WHERE deleting = 1;
     """,
 ]
 
@@ -238,6 +240,13 @@ class RecordingIndex:
                         gaps.append(Gap(camera, previous.end_ms, run.start_ms, run.gap_reason or "unknown"))
                     runs.append(run)
                     previous = run
+                # The first run after the window closes a gap that reaches into it.
+                after = conn.execute(
+                    "SELECT * FROM run WHERE camera = ? AND start_ms >= ? ORDER BY start_ms LIMIT 1",
+                    (camera, max(to_ms, from_ms + 1)),
+                ).fetchone()
+                if after is not None and previous is not None and previous.end_ms < to_ms:
+                    gaps.append(Gap(camera, previous.end_ms, after["start_ms"], after["gap_reason"] or "unknown"))
             return runs, [g for g in gaps if g.end_ms > from_ms and g.start_ms < to_ms]
 
         return await self.db.run(select)

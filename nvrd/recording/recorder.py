@@ -641,6 +641,8 @@ class Recorder:
             supervisor = self.supervisors.get(camera)
             if supervisor is None or supervisor.state is CameraState.RECORDING:
                 continue
+            if any(g.camera == camera and g.start_ms == end for g in gaps):
+                continue  # a later run already closes this gap
             if end < to_ms and now - end > 1000 * (supervisor.camera.segment_seconds + 5):
                 reason = supervisor.pending_reason or "offline"
                 gaps.append(Gap(camera, end, min(now, to_ms), reason))

@@ -201,7 +201,7 @@ async def make_recorder(tmp_path: Path) -> AsyncIterator[Any]:
     yield make
     for harness in made:
         try:
-            await asyncio.wait_for(harness.recorder.close(), 5)
+            await asyncio.wait_for(harness.recorder.close(), 30)
         except TimeoutError:
             for t in asyncio.all_tasks():
                 t.print_stack()
