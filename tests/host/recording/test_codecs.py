@@ -11,6 +11,7 @@ from .conftest import wait_for
 async def test_h265_aac_and_g711_sources(make_recorder, shared_server) -> None:
     harness = await make_recorder()
     recorder = harness.recorder
+    events = harness.bus.subscribe(["camera", "segment"])
     cameras = {
         "hevc": shared_server.url("h265-aac"),
         "avc-aac": shared_server.url("h264-aac"),
@@ -40,3 +41,12 @@ async def test_h265_aac_and_g711_sources(make_recorder, shared_server) -> None:
             assert row.frames > 0 and row.keyframes >= 1, name
             info = inspect(recorder.layout.volume / row.path)  # the file says the same
             assert (info.frames, info.keyframes, info.codec) == (row.frames, row.keyframes, row.codec)
+
+    # What /events carries: camera.changed with the state, segment.closed per row.
+    seen: list = []
+    while not events._queue.empty():
+        seen.append(await events.get())
+    closed = {(e.data["camera"], e.data["id"]) for e in seen if e.topic == "segment.closed"}
+    assert closed >= {(name, r.id) for name, segments in rows.items() for r in segments}
+    states = {e.data["id"]: e.data["state"] for e in seen if e.topic == "camera.changed"}
+    assert set(states) == set(cameras) and set(states.values()) == {"recording"}
