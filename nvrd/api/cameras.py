@@ -57,7 +57,6 @@ async def delete_camera(request: web.Request) -> web.Response:
 async def camera_segments(request: web.Request) -> web.Response:
     recorder = request.app[RECORDER]
     camera = request.match_info["id"]
-    recorder.supervisor(camera)  # 404 for an unknown camera
     from_ms, to_ms = time_range(request, recorder.clock.wall_ms())
     raw = request.query.get("limit", "1000")
     try:
@@ -67,4 +66,8 @@ async def camera_segments(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_SEGMENTS:
         raise Invalid(f"limit must be 1..{MAX_SEGMENTS}", field="limit")
     rows = await recorder.segments(camera, from_ms, to_ms, limit)
+    if not rows and camera not in recorder.supervisors:
+        # A deleted camera's recordings stay (until retention) and can be listed;
+        # an id that never recorded anything is not found.
+        recorder.supervisor(camera)
     return respond([segment_json(r) for r in rows])
