@@ -129,7 +129,15 @@ class RecordingIndex:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 run_id = segment.run_id
-                if run_id is None:
+                if run_id is not None:
+                    # Retention may have deleted every earlier segment of this run, and
+                    # the run row with them: the run goes on from here.
+                    conn.execute(
+                        "INSERT OR IGNORE INTO run (id, camera, start_ms, end_ms, gap_reason)"
+                        " VALUES (?, ?, ?, ?, 'deleted')",
+                        (run_id, segment.camera, segment.start_ms, segment.end_ms),
+                    )
+                else:
                     run_id = conn.execute(
                         "INSERT INTO run (camera, start_ms, end_ms, gap_reason) VALUES (?, ?, ?, ?)",
                         (segment.camera, segment.start_ms, segment.end_ms, gap_reason),

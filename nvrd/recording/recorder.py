@@ -212,7 +212,11 @@ class CameraSupervisor:
                 self._offline = False
             started = time.monotonic()
             segments_before = self.segments_closed
-            outcome, detail = await self._record_once()
+            try:
+                outcome, detail = await self._record_once()
+            except Exception as exc:  # noqa: BLE001 - the supervisor never dies
+                log.exception("camera %s: recording failed", self.name)
+                outcome, detail = Exit.FAILED, f"internal error: {exc}"
             if self._closing:
                 break
             recorded = self.segments_closed > segments_before
@@ -271,7 +275,14 @@ class CameraSupervisor:
         try:
             async for closed in process.segments():
                 self.last_segment_mono = time.monotonic()
-                await self._closed(closed, token, timeline, process)
+                try:
+                    await self._closed(closed, token, timeline, process)
+                except Exception:  # noqa: BLE001 - one bad segment must not stop the camera
+                    self.anomalies["commit-failed"] += 1
+                    log.exception("camera %s: segment %s could not be committed", self.name, closed.filename)
+                    self.run_id = None
+                    if self.pending_reason is None:
+                        self.pending_reason = "restart"
             await process.wait()
         finally:
             watch.cancel()

@@ -37,10 +37,21 @@ class RetentionSettings:
     floor_slack_bytes: int = GIB
     rate_window_s: float = 600.0  # the write rate is measured over this long
     batch: int = 64  # segments deleted per transaction
+    # On a volume smaller than a few hours of writes, an hour's floor would delete
+    # everything: the floor never asks for more than this share of the volume.
+    max_floor_fraction: float = 0.25
 
 
-def floor_bytes(rate_bytes_per_s: float, settings: RetentionSettings) -> int:
-    return int(rate_bytes_per_s * settings.floor_window_s) + settings.floor_slack_bytes
+def floor_bytes(rate_bytes_per_s: float, settings: RetentionSettings, total_bytes: int | None = None) -> int:
+    floor = int(rate_bytes_per_s * settings.floor_window_s) + settings.floor_slack_bytes
+    if total_bytes is not None:
+        floor = min(floor, int(total_bytes * settings.max_floor_fraction))
+    return floor
+
+
+def total_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
 
 
 class WriteRate:
@@ -99,9 +110,15 @@ class Retention:
         self.deleted_bytes = 0
         self.newest_deleted_start_ms: int | None = None
         self._lock = asyncio.Lock()
+        self._total: int | None = None
 
     def floor(self) -> int:
-        return floor_bytes(self.rate.bytes_per_s, self.settings)
+        if self._total is None:
+            try:
+                self._total = total_bytes(self.volume)
+            except OSError:
+                return floor_bytes(self.rate.bytes_per_s, self.settings)
+        return floor_bytes(self.rate.bytes_per_s, self.settings, self._total)
 
     async def enforce_floor(self) -> int:
         """Delete oldest-first until free space is back above the floor."""

@@ -219,6 +219,11 @@ def test_floor_is_an_hour_of_writes_plus_slack() -> None:
     assert floor_bytes(128 * 500_000, settings_) == 128 * 500_000 * 3600 + 1024**3
 
 
+def test_floor_never_asks_for_more_than_a_share_of_the_volume() -> None:
+    # 64 cameras at 4 Mbit/s want 115 GB free; a 100 GB volume gives at most 25 GB.
+    assert floor_bytes(64 * 500_000, RetentionSettings(), total_bytes=100 * 10**9) == 25 * 10**9
+
+
 def test_write_rate_window() -> None:
     now = [0.0]
     rate = WriteRate(600, monotonic=lambda: now[0])

@@ -46,6 +46,11 @@ async def test_runs_gaps_and_deletion(tmp_path: Path) -> None:
         runs, gaps = await index.runs_and_gaps(["c"], T0 - 1, T0 + 200_000)
         assert [(g.start_ms - T0, g.end_ms - T0, g.reason) for g in gaps] == [(20_000, 90_000, "deleted")]
         assert c.run_id in [r.id for r in runs]
+        # Retention took a whole run that is still being recorded: it goes on.
+        await index.drop([c.id])
+        d = await index.insert(row("c", T0 + 100_000, T0 + 110_000, "p5", c.run_id), "restart")
+        runs, _ = await index.runs_and_gaps(["c"], T0 - 1, T0 + 200_000)
+        assert (runs[-1].id, runs[-1].start_ms - T0, runs[-1].segments) == (d.run_id, 100_000, 1)
     finally:
         await index.close()
 

@@ -62,7 +62,7 @@ async def test_retention_keeps_the_floor_deletes_oldest_first_and_never_stops(
     make_recorder, shared_server, small_volume: Path
 ) -> None:
     # 4 cameras at 4 Mbit/s: 2 MB/s into 48 MB. Floor: 4 s of the write rate + 8 MB.
-    retention = RetentionSettings(floor_window_s=4, floor_slack_bytes=8 * MB, rate_window_s=20)
+    retention = RetentionSettings(floor_window_s=4, floor_slack_bytes=8 * MB, rate_window_s=20, max_floor_fraction=0.5)
     harness = await make_recorder(settings=RecorderSettings(retention=retention), volume_path=small_volume)
     recorder = harness.recorder
     cameras = [f"c{i}" for i in range(4)]
