@@ -12,6 +12,10 @@ DEB := build/deb/nvrd_$(VERSION)_$(ARCH).deb
 
 # Debian packages per purpose. ensure-debs installs only what is missing.
 DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl iproute2
+# Recording: ffmpeg records; the GStreamer RTSP server (tools/test-camera, run with
+# Debian's python3 for python3-gi) is the test camera of `make run` and the host tier.
+DEBS_MEDIA := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
 DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
 	smartmontools e2fsprogs xfsprogs udev
 DEBS_DEB := build-essential debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc
@@ -27,10 +31,11 @@ define ensure-debs
 	fi
 endef
 
-.PHONY: help run test unit host vm appliance deb bench deps-dev deps-vm deps-appliance clean
+.PHONY: help run test unit host vm appliance deb bench deps-dev deps-media deps-vm deps-appliance clean
 
 help:
-	@echo "make run        development instance: HTTP 127.0.0.1:8080, HTTPS 127.0.0.1:8443, storage ./var"
+	@echo "make run        development instance: HTTP 127.0.0.1:8080, HTTPS 127.0.0.1:8443, storage ./var,"
+	@echo "                recording a local test camera (rtsp://127.0.0.1:8554/test)"
 	@echo "make test       all four tiers: unit host vm appliance"
 	@echo "make unit|host|vm|appliance   one tier"
 	@echo "make deb        build $(DEB)"
@@ -44,6 +49,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VBIN)/pip install -q -e '.[test]'
 	touch $@
 
+# Checked every time (dpkg-query only), not only when the venv is made.
+deps-media:
+	$(call ensure-debs,$(DEBS_MEDIA))
+
 deps-vm: deps-dev
 	$(call ensure-debs,$(DEBS_VM))
 	[ -x $(VBIN)/vng ] || $(VBIN)/pip install -q virtme-ng
@@ -55,15 +64,15 @@ var/nvrd.toml: etc/nvrd/dev.toml.in
 	mkdir -p var
 	sed "s|@TOP@|$(CURDIR)|g" $< > $@
 
-run: deps-dev var/nvrd.toml
-	exec $(VBIN)/nvrd --config var/nvrd.toml
+run: deps-dev deps-media var/nvrd.toml
+	exec $(VBIN)/python tools/dev-run
 
 test: unit host vm appliance
 
 unit: deps-dev
 	$(VBIN)/pytest -q tests/unit
 
-host: deps-dev
+host: deps-dev deps-media
 	$(VBIN)/pytest -q tests/host
 
 vm: deps-vm
@@ -77,7 +86,7 @@ $(DEB): pyproject.toml tools/build-deb $(wildcard $(shell git ls-files --cached 
 appliance: deps-appliance $(DEB)
 	NVRD_DEB=$(DEB) $(VBIN)/pytest -q tests/appliance
 
-bench: deps-vm
+bench: deps-vm deps-media
 	$(VBIN)/python -m bench
 	# Storage figures need the real kernel: tests/vm/bench_*.py in a guest of their own.
 	NVRD_VM_SCRATCH=build/vm/bench tests/vm/run -o python_files='bench_*.py' -s

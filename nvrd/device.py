@@ -58,6 +58,15 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 3: cameras (nvrd/recording/cameras.py): settings as validated JSON, password
+    # included (write-only over the API).
+    """
+    CREATE TABLE camera (
+        id       TEXT PRIMARY KEY,
+        settings TEXT NOT NULL,
+        created  TEXT NOT NULL
+    );
+    """,
 ]
 
 # Values that board vendors leave in DMI when they never set a serial.

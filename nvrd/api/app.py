@@ -9,12 +9,13 @@ from aiohttp import web
 
 from nvrd.accounts import AccountsService, ScryptCost
 from nvrd.api import (
-    accounts, audit, auth, certificates, errors, events, jobs, network, session, setup, storage,
-    system, tokens,
+    accounts, audit, auth, cameras, certificates, errors, events, jobs, network, recordings,
+    session, setup, storage, system, tokens,
 )
 from nvrd.api.authstate import Authenticator
 from nvrd.api.keys import (
-    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, HTTP_SETTINGS, JOBS, LOG_LEVELS, STORAGE, TLS, VOLUME,
+    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, HTTP_SETTINGS, JOBS, LOG_LEVELS, RECORDER,
+    STORAGE, TLS, VOLUME,
 )
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
@@ -22,6 +23,7 @@ from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.recording.recorder import Recorder
 from nvrd.storage.manager import ManagedStorage, allowed_candidates
 from nvrd.storage.monitor import StorageMonitor
 from nvrd.storage.volume import DirectoryVolume
@@ -97,6 +99,16 @@ async def _volume(app: web.Application) -> AsyncIterator[None]:
     monitor.stop()
 
 
+async def _recorder(app: web.Application) -> AsyncIterator[None]:
+    # Follows the volume (volume.changed on the bus); stopping lets every ffmpeg
+    # finish its segment.
+    recorder = Recorder(app[DEVICE].db, app[VOLUME], app[BUS])
+    await recorder.start()
+    app[RECORDER] = recorder
+    yield
+    await recorder.close()
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # SSE handlers wait on the bus; ending the subscriptions lets them return, so
     # shutdown doesn't sit out its timeout on open streams.
@@ -123,10 +135,13 @@ def make_app(
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
-    app.cleanup_ctx.extend([_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume])
+    app.cleanup_ctx.extend(
+        [_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume, _recorder]
+    )
     app.on_shutdown.append(_end_event_streams)
     for module in (
-        system, jobs, events, storage, setup, accounts, tokens, session, audit, certificates, network
+        system, jobs, events, storage, setup, accounts, tokens, session, audit, certificates,
+        network, cameras, recordings,
     ):
         app.add_routes(module.routes)
     return app

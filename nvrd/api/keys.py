@@ -17,6 +17,7 @@ from nvrd.logs import LogLevels
 from nvrd.storage.manager import ManagedStorage
 from nvrd.storage.volume import Volume
 from nvrd.system.http import HttpSettingsStore
+from nvrd.recording.recorder import Recorder
 from nvrd.system.tls import TlsService
 
 CONFIG = web.AppKey("config", Config)
@@ -41,3 +42,4 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 # What an audited change acted on, when the path does not say (e.g. the new
 # account's name in POST /accounts).
 AUDIT_TARGET = web.RequestKey("audit_target", str)
+RECORDER = web.AppKey("recorder", Recorder)

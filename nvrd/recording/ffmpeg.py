@@ -1,0 +1,250 @@
+"""The one place that starts ffmpeg: the recording command, the process, its output.
+
+One ffmpeg per camera, stream copy (`-c copy`, never decode), the segment muxer
+writing fragmented MP4 (see docs/design/recording.md for the container choice) and
+reporting each closed segment on stdout (`-segment_list pipe:1`, csv), so closed
+segments are pushed to us, never found by polling directories.
+
+The command is built with ffmpeg-python, which keeps options as data rather than
+string pasting; global options go first (ffmpeg-python appends them last, where
+ffmpeg 5 warns that trailing options may be ignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import re
+import signal
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import ffmpeg as ffmpeg_python
+
+log = logging.getLogger(__name__)
+
+FFMPEG = "ffmpeg"
+# Fragment at each keyframe, moov up front: a crash loses at most the fragment being
+# written; default_base_moof is what browsers' MSE and HLS fMP4 expect.
+MOVFLAGS = "+frag_keyframe+empty_moov+default_base_moof"
+# The socket timeout (µs) for RTSP: a camera that goes silent without closing the
+# connection ends ffmpeg in this time instead of hanging.
+RTSP_TIMEOUT_US = 10_000_000
+
+
+class AudioPolicy(StrEnum):
+    """What to do with G.711 (or any audio MP4 can't carry as is). AAC is kept."""
+
+    AAC = "aac"  # transcode to AAC (the only decode nvrd ever does: audio, cheap)
+    DROP = "drop"
+
+
+# Audio codecs that fragmented MP4 carries as they are.
+COPYABLE_AUDIO = frozenset({"aac", "mp3", "opus"})
+
+
+@dataclass(frozen=True)
+class Source:
+    url: str
+    username: str | None = None
+    password: str | None = None
+    transport: str = "tcp"
+
+    def url_with_credentials(self) -> str:
+        if not self.username:
+            return self.url
+        parts = urlsplit(self.url)
+        userinfo = quote(self.username, safe="")
+        if self.password:
+            userinfo += ":" + quote(self.password, safe="")
+        return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}"))
+
+
+def record_command(
+    source: Source,
+    pattern: Path,
+    segment_seconds: int,
+    audio_codec: str | None,
+    audio_policy: AudioPolicy,
+    ffmpeg: str = FFMPEG,
+) -> list[str]:
+    """argv for one camera. `audio_codec` is what the camera sent last time (None if
+    unknown yet: then audio is copied, and if the camera turns out to send G.711
+    the supervisor restarts at once with the policy applied)."""
+    stream = ffmpeg_python.input(
+        source.url_with_credentials(),
+        rtsp_transport=source.transport,
+        timeout=RTSP_TIMEOUT_US,
+    )
+    audio: dict[str, str] = {}
+    streams = [stream["v:0"]]
+    if audio_codec is None or audio_codec in COPYABLE_AUDIO:
+        streams.append(stream["a:0?"])
+    elif audio_policy is AudioPolicy.AAC:
+        streams.append(stream["a:0?"])
+        audio = {"c:a": "aac", "b:a": "64k"}
+    output = ffmpeg_python.output(
+        *streams,
+        str(pattern),
+        c="copy",
+        f="segment",
+        segment_time=segment_seconds,
+        segment_format="mp4",
+        segment_format_options=f"movflags={MOVFLAGS}",
+        reset_timestamps=1,
+        segment_list="pipe:1",
+        segment_list_type="csv",
+        **audio,
+    )
+    return [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info", *output.get_args()]
+
+
+@dataclass(frozen=True)
+class ClosedSegment:
+    """One line of the csv segment list: the file, and its start and end in the
+    output's stream time (seconds; the first packet of this ffmpeg run is 0)."""
+
+    filename: str
+    start: float
+    end: float
+
+
+def parse_segment_line(line: str) -> ClosedSegment | None:
+    """`000003.mp4,30.000000,40.066667` → ClosedSegment; None for anything else."""
+    parts = line.strip().rsplit(",", 2)
+    if len(parts) != 3:
+        return None
+    try:
+        return ClosedSegment(parts[0], float(parts[1]), float(parts[2]))
+    except ValueError:
+        return None
+
+
+class Exit(StrEnum):
+    """Why ffmpeg ended, from its last words; maps to a gap reason."""
+
+    STOPPED = "stopped"  # we asked it to
+    OFFLINE = "offline"  # could not connect, or the camera ended the stream
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not-found"  # wrong path on the camera
+    DISK_FULL = "disk-full"
+    STORAGE = "storage"  # the volume went away under it
+    FAILED = "failed"  # anything else
+
+
+_EXIT_PATTERNS: list[tuple[re.Pattern[str], Exit]] = [
+    (re.compile(r"No space left on device", re.I), Exit.DISK_FULL),
+    (re.compile(r"401 Unauthorized|authorization failed", re.I), Exit.UNAUTHORIZED),
+    (re.compile(r"404 Not Found|Server returned 4\d\d", re.I), Exit.NOT_FOUND),
+    (re.compile(r"Read-only file system|Input/output error.*\.mp4|No such file or directory.*\.mp4", re.I), Exit.STORAGE),
+    (
+        re.compile(
+            r"Connection refused|Connection timed out|No route to host|Network is unreachable|"
+            r"End of file|Connection reset|Host is unreachable|timed out|Name or service not known|"
+            r"Temporary failure in name resolution",
+            re.I,
+        ),
+        Exit.OFFLINE,
+    ),
+]
+
+_INPUT_STREAM = re.compile(r"^\s*Stream #0:(\d+).*?: (Video|Audio): (\w+)")
+
+
+def classify_exit(tail: list[str]) -> tuple[Exit, str | None]:
+    """The reason from ffmpeg's last stderr lines, and the line that says so."""
+    for line in reversed(tail):
+        for pattern, reason in _EXIT_PATTERNS:
+            if pattern.search(line):
+                return reason, line.strip()
+    last = next((line.strip() for line in reversed(tail) if line.strip()), None)
+    return Exit.FAILED, last
+
+
+def _die_with_parent() -> None:
+    # If nvrd is killed (-9), its ffmpegs get SIGTERM and finish their segment
+    # rather than recording on unsupervised. Linux prctl(PR_SET_PDEATHSIG).
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class FfmpegProcess:
+    """A running recorder. Reads stderr (the input's codecs, errors) and yields
+    closed segments from stdout."""
+
+    STOP_GRACE_S = 10.0
+
+    def __init__(self, argv: list[str], name: str) -> None:
+        self.argv = argv
+        self.name = name
+        self.proc: asyncio.subprocess.Process | None = None
+        self.tail: deque[str] = deque(maxlen=30)
+        self.codecs: dict[str, str] = {}  # "video"/"audio" -> codec name of the input
+        self.output_started = asyncio.Event()
+        self.stop_requested = False
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        log.debug("%s: starting %s", self.name, _redact(self.argv))
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+            env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
+        )
+        self._stderr_task = asyncio.create_task(self._read_stderr(), name=f"ffmpeg-stderr-{self.name}")
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        async for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            match = _INPUT_STREAM.match(line)
+            if match and not self.output_started.is_set():
+                kind = match.group(2).lower()
+                self.codecs.setdefault(kind, match.group(3))
+            elif line.startswith("Output #0") or line.startswith("Stream mapping:"):
+                self.output_started.set()
+
+    async def segments(self):  # noqa: ANN201 - async iterator of ClosedSegment
+        assert self.proc and self.proc.stdout
+        async for raw in self.proc.stdout:
+            segment = parse_segment_line(raw.decode("utf-8", "replace"))
+            if segment is not None:
+                yield segment
+            else:
+                log.warning("%s: unexpected segment list line %r", self.name, raw[:200])
+
+    async def wait(self) -> int:
+        assert self.proc
+        rc = await self.proc.wait()
+        if self._stderr_task:
+            await self._stderr_task
+        return rc
+
+    def terminate(self) -> None:
+        """SIGTERM: ffmpeg writes the current segment's trailer and reports it."""
+        self.stop_requested = True
+        if self.proc and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+
+
+def _redact(argv: list[str]) -> list[str]:
+    return [re.sub(r"(rtsps?://[^:/@]*:)[^@]*@", r"\1***@", a) for a in argv]
