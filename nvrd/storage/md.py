@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from nvrd.errors import Invalid, NotFound
+from nvrd.errors import Gone, Invalid, NotFound
 from nvrd.storage import tools
 from nvrd.storage.sysfs import read_attr, words, write_attr
 
@@ -203,11 +203,16 @@ class MdArray:
 
     @property
     def members(self) -> list[Member]:
+        if not self.md.is_dir():
+            raise Gone(f"{self.md} is gone", path=str(self.md))
         found = []
         for entry in sorted(self.md.glob("dev-*")):
-            flags = words(read_attr(entry, "state") or "")
-            slot = read_attr(entry, "slot", int)
-            recovery = read_attr(entry, "recovery_start")
+            try:
+                flags = words(read_attr(entry, "state") or "")
+                slot = read_attr(entry, "slot", int)
+                recovery = read_attr(entry, "recovery_start")
+            except Gone:
+                continue  # removed while we listed: it is no longer a member
             found.append(
                 Member(
                     name=entry.name.removeprefix("dev-"),

@@ -44,9 +44,9 @@ class MdWatcher(threading.Thread):
         self._stopping = True
         os.write(self._wake_w, b"s")
 
-    def _open_attributes(self) -> tuple[dict[int, Path], bool]:
-        files: dict[int, Path] = {}
-        syncing = False
+    def _open_attributes(self) -> dict[int, tuple[Path, str]]:
+        """Open and read (which arms the notification) every watched attribute."""
+        files: dict[int, tuple[Path, str]] = {}
         for md in sorted((self._sysfs / "block").glob("md*/md")):
             for name in WATCHED:
                 path = md / name
@@ -54,44 +54,58 @@ class MdWatcher(threading.Thread):
                     fd = os.open(path, os.O_RDONLY)
                 except OSError:
                     continue  # RAID 0 has no `degraded`; an array may be vanishing
-                value = _read(fd)
-                if name == "sync_action" and value not in ("idle", "frozen", ""):
-                    syncing = True
-                files[fd] = path
-        return files, syncing
+                files[fd] = (path, _meaning(name, _read(fd)))
+        return files
 
     def run(self) -> None:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
-        files: dict[int, Path] = {}
+        files: dict[int, tuple[Path, str]] = {}
         try:
             while not self._stopping:
                 for fd in files:
                     poller.unregister(fd)
                     os.close(fd)
-                files, syncing = self._open_attributes()
+                files = self._open_attributes()
                 for fd in files:
                     poller.register(fd, select.POLLPRI | select.POLLERR)
                 rescan = False
                 while not (rescan or self._stopping):
+                    syncing = any(
+                        path.name == "sync_action" and value not in ("idle", "frozen", "")
+                        for path, value in files.values()
+                    )
                     events = poller.poll(SYNC_POLL_S * 1000 if syncing else None)
                     changed = False
                     for fd, _ in events:
                         if fd == self._wake_r:
                             os.read(self._wake_r, 64)
                             rescan = True
-                        else:
-                            _read(fd)
+                            continue
+                        path, before = files[fd]
+                        now = _meaning(path.name, _read(fd))
+                        if now != before:
+                            files[fd] = (path, now)
                             changed = True
                     if changed or (syncing and not events):
                         self._notify()
-                        # A sync may have started or ended: re-evaluate the timeout.
-                        rescan = rescan or changed
         finally:
             for fd in files:
                 os.close(fd)
             os.close(self._wake_r)
             os.close(self._wake_w)
+
+
+# array_state flips between clean and active around every write burst (the file
+# system's journal commits every few seconds); for status they are the same
+# running array, and waking the daemon for each flip would cost CPU for nothing.
+_RUNNING_STATES = frozenset({"clean", "active", "active-idle", "write-pending"})
+
+
+def _meaning(name: str, value: str) -> str:
+    if name == "array_state" and value in _RUNNING_STATES:
+        return "running"
+    return value
 
 
 def _read(fd: int) -> str:
