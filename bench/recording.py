@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -234,29 +235,47 @@ def run_nvrd(n: int, url: str, warmup: float, window: float) -> dict[str, float]
         for i in range(n):
             api(base, "POST", "/api/v1/cameras", {"id": f"c{i:03d}", "url": url, "segment_seconds": SEGMENT_S})
         time.sleep(warmup)
+        # segment.closed events, as /events carries them: retention may delete files
+        # (the floor on this disk), the events stay.
+        events: list[dict] = []
+        stream = threading.Thread(target=_collect_segments, args=(base, events), daemon=True)
+        stream.start()
         window_start_ms = time.time_ns() // 1_000_000
         cpu, _ = measure(lambda: [proc.pid, *children(proc.pid)], window)
         window_end_ms = time.time_ns() // 1_000_000
         pss_nvrd = pss_mb(proc.pid)
         pss = pss_nvrd + sum(pss_mb(p) for p in children(proc.pid))
         time.sleep(SEGMENT_S + 3)
-        conn = sqlite3.connect(volume / "recordings" / "index.db")
-        rows = conn.execute(
-            "SELECT camera, run_id, start_ms, end_ms, frames FROM segment WHERE start_ms >= ? AND end_ms <= ?",
-            (window_start_ms, window_end_ms),
-        ).fetchall()
-        runs_started = conn.execute(
-            "SELECT count(*) FROM run WHERE start_ms >= ? AND start_ms <= ?", (window_start_ms, window_end_ms)
-        ).fetchone()[0]
-        conn.close()
-        held, lost = lost_frames_in([volume / p for (p,) in sqlite3.connect(volume / "recordings" / "index.db").execute(
-            "SELECT path FROM segment WHERE start_ms >= ? AND end_ms <= ?", (window_start_ms, window_end_ms))])
+        inside = [e for e in events if e["start_ms"] >= window_start_ms and e["end_ms"] <= window_end_ms]
+        held = sum(e["frames"] for e in inside)
+        lost = sum(max(0, round((e["end_ms"] - e["start_ms"]) * FPS / 1000) - e["frames"]) for e in inside)
+        runs: dict[str, set[int]] = {}
+        for e in inside:
+            runs.setdefault(e["camera"], set()).add(e["run"])
+        runs_started = sum(len(r) - 1 for r in runs.values())
+        rows = inside
         own = cpu.pop(proc.pid)
     finally:
         stop(proc)
         shutil.rmtree(directory, ignore_errors=True)
     return {"cpu": own + sum(cpu.values()), "own": own, "pss": pss, "pss_own": pss_nvrd, "held": held,
             "lost": lost + runs_started, "restarts": runs_started, "segments": len(rows)}
+
+
+def _collect_segments(base: str, into: list[dict]) -> None:
+    from datetime import datetime
+
+    def ms(text: str) -> int:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+    with urllib.request.urlopen(base + "/api/v1/events?topics=segment", timeout=600) as response:
+        for raw in response:
+            line = raw.decode()
+            if not line.startswith("data: "):
+                continue
+            data = json.loads(line[6:])["data"]
+            into.append({"camera": data["camera"], "run": data["run"], "frames": data["frames"],
+                         "start_ms": ms(data["start"]), "end_ms": ms(data["end"])})
 
 
 def streams(counts: list[int], warmup: float, window: float) -> None:

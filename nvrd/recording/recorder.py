@@ -81,6 +81,7 @@ class RecorderSettings:
     stop_grace_s: float = 10.0
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     retention_interval_s: float = 60.0
+    retention_min_gap_s: float = 1.0
 
 
 def stall_limit_s(segment_seconds: int) -> float:
@@ -558,6 +559,9 @@ class Recorder:
     # -- retention -------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
+        """The floor after closed segments (at most once a second: at 128 cameras a
+        segment closes every few ms), the ages once per retention interval."""
+        last_age = -float("inf")
         while True:
             try:
                 await asyncio.wait_for(self._retention_wake.wait(), self.settings.retention_interval_s)
@@ -568,9 +572,12 @@ class Recorder:
             if retention is None or not self.ready:
                 continue
             try:
-                ages = {s.name: s.camera.retention_days for s in self.supervisors.values()}
-                await retention.enforce_age(ages, self.clock.wall_ms())
+                if time.monotonic() - last_age >= self.settings.retention_interval_s:
+                    last_age = time.monotonic()
+                    ages = {s.name: s.camera.retention_days for s in self.supervisors.values()}
+                    await retention.enforce_age(ages, self.clock.wall_ms())
                 await retention.enforce_floor()
+                await asyncio.sleep(self.settings.retention_min_gap_s)
             except Exception:  # noqa: BLE001 - retention must keep going
                 log.exception("retention failed; will retry")
                 await asyncio.sleep(1)
