@@ -152,12 +152,14 @@ mdadm --create /dev/md/nvrd-probe --run --level=1 --raid-devices=2 --metadata=1.
 udevadm settle
 md=/sys/block/$(basename "$(readlink -f /dev/md/nvrd-probe)")/md
 cat /proc/mdstat $md/array_state
-echo 50000 > $md/sync_speed_max
-grep -q 50000 $md/sync_speed_max
-echo idle > $md/sync_action
+mdadm --wait /dev/md/nvrd-probe || true   # the initial resync (exit 1: none running)
+grep -qx idle $md/sync_action
+echo 1000 > $md/sync_speed_max   # KiB/s: the check below lasts long enough to be seen
+grep -q 1000 $md/sync_speed_max
 echo check > $md/sync_action
-cat $md/sync_action
+grep -qx check $md/sync_action
 echo idle > $md/sync_action
+echo system > $md/sync_speed_max
 # LUKS2 as nvrd uses it: format, a second key slot, remove one, header backup,
 # open, and an online re-encryption.
 umask 077
