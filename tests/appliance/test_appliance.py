@@ -177,6 +177,25 @@ mkdir -p /srv/nvrd-probe
 mount /dev/mapper/nvrd-probe /srv/nvrd-probe
 echo written-in-the-sandbox > /srv/nvrd-probe/marker
 sync
+# nvrd's own libraries under this sandbox (ctypes, netlink, W^X): pyudev's inventory
+# and monitor, pyroute2's addresses.
+/opt/venvs/nvrd/bin/python - <<'PY'
+import pyudev
+from pyroute2 import IPRoute
+ctx = pyudev.Context()
+disks = [d.device_node for d in ctx.list_devices(subsystem="block", DEVTYPE="disk")]
+assert "/dev/nvme0n1" in disks, disks
+monitor = pyudev.Monitor.from_netlink(ctx)
+monitor.filter_by("block")
+monitor.start()
+with IPRoute() as ipr:
+    assert ipr.get_addr(), "no addresses over rtnetlink"
+print("pyudev and pyroute2 work")
+PY
+# ffmpeg writes segments straight onto the volume, as the recorder does.
+ffmpeg -nostdin -hide_banner -loglevel error -f lavfi -i testsrc=duration=2:size=320x240:rate=10 \
+    -c:v mpeg4 -f segment -segment_time 1 /srv/nvrd-probe/segment%03d.mkv
+test -s /srv/nvrd-probe/segment000.mkv
 cryptsetup reencrypt --batch-mode $fast --key-file /run/nvrd-probe.k2 --active-name nvrd-probe
 rc=0; smartctl --json -a /dev/nvme0 > /run/nvrd-probe-smart.json || rc=$?
 test $(( rc & 7 )) -eq 0   # bits 0-2: command line, open or command failure
