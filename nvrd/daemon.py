@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"nvrd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # When the watchdog aborts a wedged loop (SIGABRT), every thread's stack goes to
+    # stderr, which is the journal under systemd: the hang can then be diagnosed.
+    faulthandler.enable()
     log_levels = logs.setup(config.log)
     try:
         return asyncio.run(run(args.config, config, log_levels))
