@@ -221,6 +221,13 @@ def wipe_disks(disks: Sequence[Disk]) -> None:
             raise AssertionError(f"{disk.dev} was picked up again after wiping: {disk.holders()}")
 
 
+def release_disks(disks: Sequence[Disk]) -> None:
+    """Unmount, close and stop whatever is stacked on the disks; their data stays."""
+    for disk in disks:
+        disk.check_is_test_disk()
+        disk.tear_down_holders()
+
+
 def guest_problems(serials: Sequence[str]) -> list[str]:
     """Why this is not the vm tier's guest; empty when it is."""
     problems = []
@@ -258,46 +265,9 @@ def _mounts_of(node: Path) -> Iterator[str]:
             yield fields[4].encode().decode("unicode_escape")
 
 
-def users_of(path: str) -> list[str]:
-    """Processes (this one too) with a file, a mapping or their working directory
-    under path, as "pid (comm)"."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            links = [proc / "cwd", *(proc / "fd").iterdir(), *(proc / "map_files").iterdir()]
-            targets = [os.readlink(link) for link in links]
-            comm = read_attr(proc / "comm")
-        except OSError:
-            continue  # gone, or a kernel thread
-        if any(t == path or t.startswith(path.rstrip("/") + "/") for t in targets):
-            found.append(f"{proc.name} ({comm})")
-    return found
-
-
-def run_while_busy(argv: Sequence[str | os.PathLike[str]], busy_path: str, timeout: float = 30) -> None:
-    """Run a tool that fails while something still uses a device, until it succeeds.
-
-    A test's processes may still be letting go when its fixtures tear down, and
-    udev's probes open devices briefly. Past the timeout, raise with who holds on.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            run(argv)
-            return
-        except CommandFailed as e:
-            if time.monotonic() > deadline:
-                users = users_of(busy_path) if busy_path.startswith("/") else []
-                raise CommandFailed(e.argv, e.rc, f"{e.stderr.strip()}; still used by: {users or 'nothing seen'}") from e
-        time.sleep(0.5)
-        settle()
-
-
 def unmount_all(node: Path) -> None:
     for mountpoint in sorted(_mounts_of(node), key=len, reverse=True):
-        run_while_busy(["umount", mountpoint], mountpoint)
+        run(["umount", mountpoint])
 
 
 def release_block_device(node: Path) -> None:
@@ -307,12 +277,11 @@ def release_block_device(node: Path) -> None:
     for part in with_partitions(node):
         unmount_all(part)
     name = node.name
-    dev = Path("/dev") / name
     if name.startswith("md"):
-        run_while_busy(["mdadm", "--stop", dev], str(dev))
+        run(["mdadm", "--stop", Path("/dev") / name])
     elif name.startswith("dm-"):
         dm_name = read_attr(node / "dm" / "name")
-        run_while_busy(["dmsetup", "remove", "--retry", dm_name], f"/dev/mapper/{dm_name}")
+        run(["dmsetup", "remove", "--retry", dm_name])
     else:
         raise AssertionError(f"do not know how to release {name}")
 
