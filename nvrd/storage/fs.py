@@ -7,6 +7,7 @@ arrays, where its mkfs is instant and its allocation keeps big files contiguous.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,24 @@ async def mount(device: Path, mountpoint: Path, read_only: bool = False) -> None
     await tools.run("mount", "-o", options, str(device), str(mountpoint))
 
 
+# The volume's users (the recorder's index and open segments) let go when they see
+# the volume leave `ready` on the bus, a moment after the storage job announced it.
+UNMOUNT_BUSY_TRIES = 60
+UNMOUNT_BUSY_WAIT_S = 0.5
+EXIT_MOUNT_FAILURE = 32
+
+
 async def unmount(mountpoint: Path) -> None:
-    await tools.run("umount", str(mountpoint), timeout=300)
+    """Unmount, waiting up to 30 s while the file system is still busy."""
+    for attempt in range(UNMOUNT_BUSY_TRIES):
+        try:
+            await tools.run("umount", str(mountpoint), timeout=300)
+            return
+        except tools.CommandFailed as exc:
+            busy = exc.returncode == EXIT_MOUNT_FAILURE and "busy" in exc.stderr
+            if not busy or attempt == UNMOUNT_BUSY_TRIES - 1:
+                raise
+        await asyncio.sleep(UNMOUNT_BUSY_WAIT_S)
 
 
 async def remount(mountpoint: Path, read_only: bool) -> None:
