@@ -25,7 +25,10 @@ def fast_resync() -> None:
 
 
 @pytest.fixture
-async def api(aiohttp_client, clean_disks: list[guest.Disk], tmp_path: Path):
+async def api(clean_disks: list[guest.Disk], aiohttp_client, tmp_path: Path):
+    # clean_disks first: it is then torn down last, after aiohttp_client has closed
+    # the app (and with it the recorder holding the volume).
+    # (pytest tears fixtures down in the reverse order of their set-up.)
     allowed = [f"/dev/disk/by-id/*{d.serial}" for d in clean_disks[:3]]
     config = Config(
         daemon=DaemonConfig(state_dir=tmp_path / "state"),
