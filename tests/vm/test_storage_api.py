@@ -79,7 +79,7 @@ async def test_disks_lists_only_the_allowed_disks(api, clean_disks) -> None:
     assert all(r["health"] == "passed" and r["temperature_c"] for r in rows)
 
 
-async def test_disk_outside_the_allowed_set_or_with_data_is_refused(api, clean_disks) -> None:
+async def test_disk_outside_the_allowed_set_or_with_data_is_refused(api, clean_disks, tmp_path) -> None:
     outside = clean_disks[3]
     response = await api.post(
         "/api/v1/storage/raid",
@@ -99,6 +99,12 @@ async def test_disk_outside_the_allowed_set_or_with_data_is_refused(api, clean_d
     response = await api.post("/api/v1/storage/raid", json={**body, "force": True})
     assert response.status == 202
     assert (await wait_job(api, (await response.json())["id"]))["state"] == "succeeded"
+    state = await (await api.get("/api/v1/storage")).json()
+    assert state["mounted"] and state["raid"]["level"] == 1
+    # Close the app here (its recorder holds the new volume) and detach the mount,
+    # so the disks' release after the test finds nothing busy.
+    await api.close()
+    guest.run(["umount", "--lazy", str(tmp_path / "state" / "volume")], check=False)
 
 
 async def test_confirm_and_levels_are_validated(api) -> None:
