@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,38 @@ def write_blob(path: Path, size: int = 8 * MiB) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+class SteadyWriter:
+    """Appends 64 KiB chunks with an fsync each, in a thread, until closed;
+    keeps the first error."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.chunks = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        chunk = os.urandom(64 * 1024)
+        try:
+            with open(self.path, "ab") as f:
+                while not self._stop.is_set():
+                    f.write(chunk)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    self.chunks += 1
+        except BaseException as error:  # noqa: BLE001 - reported to the test
+            self.error = error
+
+    def __enter__(self) -> SteadyWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
 def digest(path: Path) -> str:
     guest.drop_caches()
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -129,12 +163,16 @@ async def test_fail_member_then_replace_rebuilds_with_data_intact(storage: Manag
     assert storage.status.state is VolumeState.READY  # recording goes on, degraded
     assert digest(storage.mountpoint / "blob") == before
 
-    # Slow the rebuild so it can be seen.
-    (array.md / "sync_speed_max").write_text("20000\n")
+    # Slow the rebuild so it can be seen: the per-array floor must come down too,
+    # or the fast_resync floor (500 MB/s) overrides the ceiling and a 256 MiB
+    # rebuild ends between two polls.
+    (array.md / "sync_speed_min").write_text("1000\n")
+    (array.md / "sync_speed_max").write_text("2000\n")
     await finish(storage, storage.add_disk(spare.dev).id)
     await until("rebuilding", lambda: array.member_statuses().get(spare.name) is MemberStatus.REBUILDING)
     assert array.status is RaidStatus.SYNCING
     assert 0 <= (array.sync_progress or 0) < 1
+    (array.md / "sync_speed_min").write_text("system\n")
     (array.md / "sync_speed_max").write_text("system\n")
     await until("online again", lambda: array.status is RaidStatus.ONLINE)
     assert array.member_statuses()[spare.name] is MemberStatus.ONLINE
@@ -148,7 +186,9 @@ async def test_raid5_losing_two_is_failed(storage: ManagedStorage, clean_disks) 
     array = storage.array()
     await until("online", lambda: array.status is RaidStatus.ONLINE)
     guest.run(["mdadm", str(array.device), "--fail", devices[0]])
-    assert array.status is RaidStatus.DEGRADED
+    # Right after --fail, md may show sync_action "recover" until its thread sees
+    # there is no spare to recover onto; the status follows the kernel.
+    await until("degraded", lambda: array.status is RaidStatus.DEGRADED, timeout=30)
     guest.run(["mdadm", str(array.device), "--fail", devices[1]], check=False)
     assert array.status is RaidStatus.FAILED
     storage.refresh()
@@ -183,7 +223,13 @@ async def test_encrypted_lock_unlock_and_password_change(storage: ManagedStorage
 
     with pytest.raises(Forbidden):
         await storage.change_password("not it", "second password")
-    await storage.change_password("first password", "second password")
+    # A recording goes on while the password changes: a writer appends and
+    # fsyncs all along, and none of its writes may fail.
+    with SteadyWriter(storage.mountpoint / "stream") as writer:
+        await asyncio.sleep(1)
+        await storage.change_password("first password", "second password")
+        await asyncio.sleep(1)
+    assert writer.error is None and writer.chunks > 0
     array_device = storage.array().device
     assert not await luks.test_key(array_device, "first password")
     assert await luks.test_key(array_device, "second password")
@@ -257,4 +303,145 @@ async def test_monitor_sees_failure_without_polling(storage: ManagedStorage, cle
         await asyncio.wait_for(seen.wait(), 5)
     finally:
         monitor.stop()
-    assert array.status is RaidStatus.DEGRADED
+    await until("degraded", lambda: array.status is RaidStatus.DEGRADED, timeout=30)
+
+
+# --- faults of every kind, on every redundant level --------------------------------
+
+
+def pull(disk: guest.Disk) -> None:
+    """A PCI hot-unplug: the disk is gone from the kernel, as when pulled."""
+    (disk.pci_device / "remove").write_text("1")
+
+
+@pytest.fixture
+def replug(clean_disks: list[guest.Disk]) -> Iterator[None]:
+    """Brings pulled disks back after the test (before clean_disks tidies up)."""
+    yield
+    Path("/sys/bus/pci/rescan").write_text("1")
+    for disk in clean_disks:
+        guest.wait_for(f"{disk.serial} back", lambda disk=disk: present(disk))
+    guest.settle()
+
+
+def present(disk: guest.Disk) -> bool:
+    try:
+        return disk.dev.exists()
+    except guest.Gone:
+        return False
+
+
+def blank(disk: guest.Disk) -> None:
+    """A returning disk still carries its old superblock: make it a blank one."""
+    guest.run(["mdadm", "--zero-superblock", disk.dev], check=False)
+    guest.run(["wipefs", "--all", "--quiet", disk.dev])
+    guest.settle()
+
+
+async def rebuild_onto(storage: ManagedStorage, disk: guest.Disk) -> None:
+    array = storage.array()
+    await finish(storage, storage.add_disk(disk.dev).id)
+    await until("online again", lambda: array.status is RaidStatus.ONLINE, timeout=300)
+    assert array.member_statuses()[disk.name] is MemberStatus.ONLINE
+    assert set(array.member_statuses().values()) == {MemberStatus.ONLINE}
+    assert array.missing_slots() == []
+
+
+async def test_raid6_member_with_io_errors_is_faulty_then_replaced(
+    clean_disks, tmp_path: Path
+) -> None:
+    # dm-flakey between md and one disk: a plain linear mapping until its table
+    # is switched to flakey, always "down" and without features, which fails
+    # every read and write as a dead disk does. (Failing only writes is not
+    # enough: md records them in the member's bad block log and keeps it.)
+    flaky_disk = clean_disks[0]
+    sectors = flaky_disk.size // 512
+    guest.run(["dmsetup", "create", "nvrd-flaky", "--table", f"0 {sectors} linear {flaky_disk.dev} 0"])
+    flaky = Path("/dev/mapper/nvrd-flaky")
+    candidates = [Candidate(flaky, frozenset({str(flaky)}), None, None), *inventory_of(clean_disks[1:])]
+    db = Database(tmp_path / "device.db", MIGRATIONS)
+    await db.open()
+    bus = Bus()
+    jobs = Jobs(bus)
+    storage = ManagedStorage(
+        StorageConfig(encryption=CHEAP, auto_replace=False), tmp_path, db, bus, jobs, lambda: candidates
+    )
+    try:
+        await storage.start()
+        await finish(storage, await storage.request_raid(6, [str(c.device) for c in candidates], None, "ext4", False))
+        array = storage.array()
+        await until("online", lambda: array.status is RaidStatus.ONLINE)
+        before = write_blob(storage.mountpoint / "blob")
+        flaky_name = flaky.resolve().name  # dm-N, as md names its member
+
+        table = f"0 {sectors} flakey {flaky_disk.dev} 0 0 1"
+        guest.run(["dmsetup", "reload", "nvrd-flaky", "--table", table])
+        guest.run(["dmsetup", "resume", "nvrd-flaky"])
+        write_blob(storage.mountpoint / "after", 4 * MiB)  # md meets the write errors
+        await until("faulty", lambda: array.member_statuses().get(flaky_name) is MemberStatus.FAULTY, 60)
+        await until("degraded", lambda: array.status is RaidStatus.DEGRADED, 30)
+        storage.refresh()
+        assert storage.snapshot()["raid"]["status"] == "degraded"
+        assert storage.status.state is VolumeState.READY
+
+        # Take the failing disk out, and put it back as a blank replacement.
+        await array.remove_gone()
+        guest.run(["dmsetup", "remove", "--retry", "nvrd-flaky"])
+        blank(flaky_disk)
+        await rebuild_onto(storage, flaky_disk)
+        assert digest(storage.mountpoint / "blob") == before
+    finally:
+        await jobs.close()
+        await db.close()
+
+
+async def test_raid10_pulled_member_is_missing_then_replaced(storage: ManagedStorage, clean_disks, replug) -> None:
+    await finish(storage, await storage.request_raid(10, [str(d.dev) for d in clean_disks], None, "ext4", False))
+    array = storage.array()
+    await until("online", lambda: array.status is RaidStatus.ONLINE)
+    before = write_blob(storage.mountpoint / "blob")
+    pulled = clean_disks[2]
+    pull(pulled)
+    await until("degraded", lambda: array.status is RaidStatus.DEGRADED, 30)
+    storage.refresh()
+    devices = storage.snapshot()["raid"]["devices"]
+    assert [d["status"] for d in devices].count("missing") + [d["status"] for d in devices].count("faulty") == 1
+    assert digest(storage.mountpoint / "blob") == before
+
+    Path("/sys/bus/pci/rescan").write_text("1")
+    guest.wait_for("disk back", lambda: present(pulled))
+    blank(pulled)
+    await rebuild_onto(storage, pulled)
+    assert digest(storage.mountpoint / "blob") == before
+
+
+async def test_raid0_losing_one_is_failed(storage: ManagedStorage, clean_disks, replug) -> None:
+    await finish(storage, await storage.request_raid(0, [str(d.dev) for d in clean_disks[:2]], None, "ext4", False))
+    array = storage.array()
+    mountpoint = storage.mountpoint
+    pull(clean_disks[1])
+    # RAID 0 learns of the loss on its next I/O to that member.
+    subprocess.run(["dd", "if=/dev/zero", f"of={mountpoint}/probe", "bs=1M", "count=32", "oflag=direct"],
+                   capture_output=True, check=False)
+    await until("failed", lambda: array.status is RaidStatus.FAILED, 60)
+    storage.refresh()
+    assert storage.snapshot()["raid"]["status"] == "failed"
+    assert storage.status.state is VolumeState.UNAVAILABLE
+    # A dead array is not torn down by anyone else: stop it so the disks come back clean.
+    guest.run(["umount", "--lazy", str(mountpoint)], check=False)
+    guest.run(["mdadm", "--stop", str(array.device)], check=False)
+
+
+async def test_level_change_5_to_6_to_1_rebuilds_the_volume(storage: ManagedStorage, clean_disks) -> None:
+    volumes = []
+    for level, count in ((5, 3), (6, 4), (1, 2)):
+        devices = [str(d.dev) for d in clean_disks[:count]]
+        await finish(storage, await storage.request_raid(level, devices, None, "ext4", False))
+        array = storage.array()
+        assert array.level == level and array.raid_disks == count
+        assert storage.status.state is VolumeState.READY and storage.mounted()
+        volumes.append(storage.layout.volume_uuid)
+        write_blob(storage.mountpoint / f"on-raid{level}", MiB)
+        assert sorted(p.name for p in storage.mountpoint.iterdir() if p.name.startswith("on-raid")) == [f"on-raid{level}"]
+    assert len(set(volumes)) == 3  # each change made a new, empty volume
+    await until("online", lambda: storage.array().status is RaidStatus.ONLINE)
