@@ -224,7 +224,8 @@ class ManagedStorage:
                 health_reason=report.reason,
             )
         array = self.array()
-        for role in array.missing_slots() if array else []:
+        shown = [Path(row["device"]).name for row in found]
+        for role in array.vacant_roles(shown) if array else []:
             found.append(
                 {
                     "slot": None, "device": None, "by_id": None, "serial": None,
@@ -656,14 +657,19 @@ def _raid_summary(array: MdArray) -> dict[str, Any]:
     time_left = None
     if progress is not None and speed:
         time_left = round((1 - progress) * array.size_bytes / (speed * 1024))
-    statuses = array.member_statuses()
     members = {m.name: m for m in array.members}
+    # A pulled disk stays listed by md (faulty) until it is removed; it shows as
+    # its vacant role, missing, as the disk list shows it.
+    statuses = {
+        name: status for name, status in array.member_statuses().items()
+        if (array.sysfs / "block" / name).exists()
+    }
     devices = [
         {"device": f"/dev/{name}", "role": members[name].slot, "status": status.value}
         for name, status in statuses.items()
     ]
     devices += [
-        {"device": None, "role": slot, "status": "missing"} for slot in array.missing_slots()
+        {"device": None, "role": slot, "status": "missing"} for slot in array.vacant_roles(statuses)
     ]
     return {
         "level": array.level,

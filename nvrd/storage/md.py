@@ -8,7 +8,7 @@ memory). Changes go through mdadm and return nothing: the caller re-reads.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -240,10 +240,22 @@ class MdArray:
         return {m.name: member_status(m, recovering) for m in self.members}
 
     def missing_slots(self) -> list[int]:
-        """Roles with no member at all (pulled or removed); a faulty member still
-        holds its role until it is removed, and shows as faulty instead."""
+        """Roles with no member in them (pulled, removed, or taken from a faulty
+        member by md's thread: see `vacant_roles`)."""
         held = {m.slot for m in self.members if m.slot is not None}
         return sorted(set(range(self.raid_disks)) - held)
+
+    def vacant_roles(self, shown: Iterable[str]) -> list[int]:
+        """The roles to list as missing beside the members in `shown` (names).
+
+        Once md's thread has handled a failure it takes the role from the faulty
+        member (its slot reads `none`) while the member stays listed until it is
+        removed. Each such member that is shown already stands for one vacant role,
+        so listing the role as well would count one lost disk twice. Which role it
+        held, sysfs no longer says: the first ones are dropped."""
+        shown = set(shown)
+        unplaced = sum(1 for m in self.members if m.slot is None and "faulty" in m.flags and m.name in shown)
+        return self.missing_slots()[unplaced:]
 
     # --- changes: run the tool, return nothing ---------------------------------
 

@@ -164,3 +164,18 @@ def test_raid10_mirror_groups() -> None:
     assert raid10_lost_mirror(4, {0, 1})
     assert not raid10_lost_mirror(4, {1, 2})
     assert raid10_lost_mirror(6, {4, 5})
+
+
+def test_faulty_member_without_its_role_is_not_counted_twice(tmp_path: Path) -> None:
+    # What the kernel shows once md's thread has handled a failure: the faulty
+    # member is still listed, but its slot reads "none" and the role is vacant.
+    array = make_array(
+        tmp_path, level="raid10", raid_disks=4, degraded=1,
+        members={"nvme0n1": ("in_sync", "0"), "nvme1n1": ("in_sync", "1"),
+                 "nvme2n1": ("faulty", "none"), "nvme3n1": ("in_sync", "3")},
+    )
+    assert array.status is RaidStatus.DEGRADED
+    assert array.missing_slots() == [2]
+    assert array.vacant_roles(["nvme0n1", "nvme1n1", "nvme2n1", "nvme3n1"]) == []
+    # When the faulty disk itself is not shown (pulled), the role is.
+    assert array.vacant_roles(["nvme0n1", "nvme1n1", "nvme3n1"]) == [2]
