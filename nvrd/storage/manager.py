@@ -658,12 +658,7 @@ def _raid_summary(array: MdArray) -> dict[str, Any]:
     if progress is not None and speed:
         time_left = round((1 - progress) * array.size_bytes / (speed * 1024))
     members = {m.name: m for m in array.members}
-    # A pulled disk stays listed by md (faulty) until it is removed; it shows as
-    # its vacant role, missing, as the disk list shows it.
-    statuses = {
-        name: status for name, status in array.member_statuses().items()
-        if (array.sysfs / "block" / name).exists()
-    }
+    statuses = array.member_statuses()
     devices = [
         {"device": f"/dev/{name}", "role": members[name].slot, "status": status.value}
         for name, status in statuses.items()

@@ -57,6 +57,9 @@ class Member:
     slot: int | None  # role in the array; None for a spare or a faulty one
     flags: frozenset[str]  # in_sync, faulty, spare, write_mostly, blocked, ...
     recovery_start: int | None  # sectors recovered so far while rebuilding
+    # False once the disk itself is gone (pulled): md notices only at its next I/O
+    # to it, seconds later, but udev has said so already and so does sysfs.
+    present: bool = True
 
     @property
     def device(self) -> Path:
@@ -211,6 +214,8 @@ class MdArray:
                 flags = words(read_attr(entry, "state") or "")
                 slot = read_attr(entry, "slot", int)
                 recovery = read_attr(entry, "recovery_start")
+                link = entry / "block"  # dangles once the disk is deleted
+                present = link.exists() or not link.is_symlink()
             except Gone:
                 continue  # removed while we listed: it is no longer a member
             found.append(
@@ -219,6 +224,7 @@ class MdArray:
                     slot=slot,
                     flags=flags,
                     recovery_start=int(recovery) if recovery and recovery.isdigit() else None,
+                    present=present,
                 )
             )
         return found
@@ -226,7 +232,7 @@ class MdArray:
     @property
     def status(self) -> RaidStatus:
         level = self.level
-        working = {m.slot for m in self.members if m.slot is not None and "in_sync" in m.flags}
+        working = {m.slot for m in self.members if m.slot is not None and "in_sync" in m.flags and m.present}
         return raid_status(
             level if level is not None else -1,
             self.raid_disks,
@@ -236,13 +242,14 @@ class MdArray:
         )
 
     def member_statuses(self) -> dict[str, MemberStatus]:
+        """Each present member's status; a pulled one shows as its vacant role."""
         recovering = self.sync_action == "recover"
-        return {m.name: member_status(m, recovering) for m in self.members}
+        return {m.name: member_status(m, recovering) for m in self.members if m.present}
 
     def missing_slots(self) -> list[int]:
         """Roles with no member in them (pulled, removed, or taken from a faulty
         member by md's thread: see `vacant_roles`)."""
-        held = {m.slot for m in self.members if m.slot is not None}
+        held = {m.slot for m in self.members if m.slot is not None and m.present}
         return sorted(set(range(self.raid_disks)) - held)
 
     def vacant_roles(self, shown: Iterable[str]) -> list[int]:

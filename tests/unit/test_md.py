@@ -179,3 +179,18 @@ def test_faulty_member_without_its_role_is_not_counted_twice(tmp_path: Path) -> 
     assert array.vacant_roles(["nvme0n1", "nvme1n1", "nvme2n1", "nvme3n1"]) == []
     # When the faulty disk itself is not shown (pulled), the role is.
     assert array.vacant_roles(["nvme0n1", "nvme1n1", "nvme3n1"]) == [2]
+
+
+def test_a_pulled_member_is_missing_before_md_notices(tmp_path: Path) -> None:
+    # md still lists the member in_sync until its next I/O to it; sysfs already
+    # shows the disk gone: its `block` link dangles.
+    array = make_array(
+        tmp_path, degraded=0,
+        members={"nvme0n1": ("in_sync", "0"), "nvme1n1": ("in_sync", "1")},
+    )
+    (array.md / "dev-nvme0n1" / "block").symlink_to(tmp_path / "block" / "nvme0n1-present")
+    (tmp_path / "block" / "nvme0n1-present").mkdir()
+    (array.md / "dev-nvme1n1" / "block").symlink_to(tmp_path / "block" / "nvme1n1-deleted")
+    assert array.status is RaidStatus.DEGRADED
+    assert array.member_statuses() == {"nvme0n1": MemberStatus.ONLINE}
+    assert array.missing_slots() == [1] and array.vacant_roles(["nvme0n1"]) == [1]
