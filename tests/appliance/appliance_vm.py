@@ -346,6 +346,8 @@ class Appliance:
                 try:
                     state = self.guest.run("systemctl is-system-running", timeout=30)[1].strip()
                 except ApplianceError:
+                    if self.qemu.poll() is not None:
+                        raise
                     # A host shared with other emulators can stall the guest for
                     # minutes during boot; only the boot deadline decides.
                     state = "no answer"
