@@ -88,20 +88,24 @@ def record_command(
     elif audio_policy is AudioPolicy.AAC:
         streams.append(stream["a:0?"])
         audio = {"c:a": "aac", "b:a": "64k"}
-    output = ffmpeg_python.output(
-        *streams,
-        str(pattern),
-        c="copy",
-        f="segment",
-        segment_time=segment_seconds,
-        segment_format="mp4",
-        segment_format_options=f"movflags={MOVFLAGS}",
-        reset_timestamps=1,
-        segment_list="pipe:1",
-        segment_list_type="csv",
-        **audio,
-    )
+    output = ffmpeg_python.output(*streams, str(pattern), **segment_options(segment_seconds), **audio)
     return [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info", *output.get_args()]
+
+
+def segment_options(segment_seconds: int) -> dict[str, str | int]:
+    """The segment muxer's output options: stream copy into fragmented MP4 files,
+    each closed one listed on stdout. Tests make recordings faster than real time
+    with exactly these options from a synthetic source."""
+    return {
+        "c": "copy",
+        "f": "segment",
+        "segment_time": segment_seconds,
+        "segment_format": "mp4",
+        "segment_format_options": f"movflags={MOVFLAGS}",
+        "reset_timestamps": 1,
+        "segment_list": "pipe:1",
+        "segment_list_type": "csv",
+    }
 
 
 @dataclass(frozen=True)

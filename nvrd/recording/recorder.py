@@ -669,6 +669,34 @@ class Recorder:
     async def segments(self, camera: str, from_ms: int, to_ms: int, limit: int) -> list[SegmentRow]:
         return await self._index().segments(camera, from_ms, to_ms, limit)
 
+    async def require_camera(self, camera: str) -> None:
+        """A camera that exists, or whose recordings do (a deleted camera's footage
+        stays until retention removes it); anything else is not found."""
+        if camera not in self.supervisors and camera not in await self._index().cameras():
+            raise NotFound(f"no camera {camera!r}", field="camera", camera=camera)
+
+    async def delete_range(self, camera: str, from_ms: int, to_ms: int) -> list[SegmentRow]:
+        """Delete the whole segments inside [from, to], crash-safe (retention's
+        order). A run cut in the middle becomes two; the gap between says `deleted`."""
+        await self.require_camera(camera)
+        index = self._index()
+        retention = self.retention
+        assert retention is not None
+        rows = await index.segments_within(camera, from_ms, to_ms)
+        if not rows:
+            return []
+        ends: dict[int, int] = {}
+        for row in rows:
+            assert row.run_id is not None
+            ends[row.run_id] = max(ends.get(row.run_id, 0), row.end_ms)
+        for run_id, end_ms in ends.items():
+            # The run's segments after the deleted ones (if any) go on as their own
+            # run, so the hole shows as a gap instead of hiding inside one run.
+            await index.split_run(run_id, end_ms)
+        await retention.delete_chosen(rows)
+        log.info("camera %s: %d segments (%d bytes) deleted on request", camera, len(rows), sum(r.bytes for r in rows))
+        return rows
+
     def status(self) -> dict[str, Any]:
         retention = self.retention
         return {
