@@ -9,7 +9,7 @@ from aiohttp import web
 
 from nvrd.accounts import AccountsService, ScryptCost
 from nvrd.api import (
-    accounts, audit, auth, cameras, certificates, errors, events, jobs, network, recordings,
+    accounts, audit, auth, cameras, certificates, errors, events, jobs, network, playback, recordings,
     session, setup, storage, system, tokens,
 )
 from nvrd.api.authstate import Authenticator
@@ -141,7 +141,7 @@ def make_app(
     app.on_shutdown.append(_end_event_streams)
     for module in (
         system, jobs, events, storage, setup, accounts, tokens, session, audit, certificates,
-        network, cameras, recordings,
+        network, cameras, recordings, playback,
     ):
         app.add_routes(module.routes)
     return app

@@ -231,6 +231,13 @@ class RecordingIndex:
 
     # -- reading ---------------------------------------------------------------
 
+    async def segment(self, segment_id: int) -> SegmentRow | None:
+        def select(conn: sqlite3.Connection) -> SegmentRow | None:
+            row = conn.execute("SELECT * FROM segment WHERE id = ? AND deleting = 0", (segment_id,)).fetchone()
+            return SegmentRow.from_row(row) if row else None
+
+        return await self.db.run(select)
+
     async def segments_within(self, camera: str, from_ms: int, to_ms: int) -> list[SegmentRow]:
         """Whole segments inside [from, to]: what a deletion of that range removes."""
 

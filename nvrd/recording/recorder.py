@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from nvrd.bus import Bus
 from nvrd.db import Database
 from nvrd.errors import Conflict, NotFound
-from nvrd.recording import segments
+from nvrd.recording import playback, segments
 from nvrd.recording.cameras import (
     MAX_CAMERAS, Camera, CameraCreate, CameraPatch, CameraStore, apply_patch, from_create,
 )
@@ -82,6 +82,10 @@ class RecorderSettings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     retention_interval_s: float = 60.0
     retention_min_gap_s: float = 1.0
+
+
+# One clip or playlist: 31 days of 30 s segments.
+MAX_CLIP_SEGMENTS = 100_000
 
 
 def stall_limit_s(segment_seconds: int) -> float:
@@ -674,6 +678,45 @@ class Recorder:
         stays until retention removes it); anything else is not found."""
         if camera not in self.supervisors and camera not in await self._index().cameras():
             raise NotFound(f"no camera {camera!r}", field="camera", camera=camera)
+
+    async def clip(self, camera: str, from_ms: int, to_ms: int) -> playback.Clip:
+        """The MP4 plan for [from, to]; NotFound when nothing was recorded in it."""
+        await self.require_camera(camera)
+        index = self._index()
+        assert self.layout is not None
+        rows = await index.segments(camera, from_ms, to_ms, limit=MAX_CLIP_SEGMENTS)
+        _runs, gaps = await self.runs_and_gaps([camera], from_ms, to_ms)
+        gaps = [g for g in gaps if g.end_ms > from_ms and g.start_ms < to_ms]
+        clip = await asyncio.to_thread(playback.plan_clip, self.layout.volume, rows, from_ms, to_ms, gaps)
+        if clip is None:
+            raise NotFound(f"camera {camera!r} recorded nothing between from and to", field="from", camera=camera)
+        return clip
+
+    async def playlist(self, camera: str, from_ms: int, to_ms: int | None) -> str:
+        """HLS over the stored segments; `to` None: live, up to now and growing."""
+        await self.require_camera(camera)
+        rows = await self._index().segments(camera, from_ms, to_ms or 2**62, limit=MAX_CLIP_SEGMENTS)
+        if not rows and to_ms is not None:
+            raise NotFound(f"camera {camera!r} recorded nothing between from and to", field="from", camera=camera)
+        supervisor = self.supervisors.get(camera)
+        target = supervisor.camera.segment_seconds if supervisor else 1
+        return playback.playlist(rows, live=to_ms is None, target_s=target)
+
+    async def stored_segment(self, camera: str, segment_id: int) -> SegmentRow:
+        row = await self._index().segment(segment_id)
+        if row is None or row.camera != camera:
+            raise NotFound(f"no segment {segment_id} of camera {camera!r}", segment=segment_id)
+        return row
+
+    async def hls_segment(self, camera: str, segment_id: int) -> playback.Clip:
+        row = await self.stored_segment(camera, segment_id)
+        assert self.layout is not None
+        return await asyncio.to_thread(playback.hls_segment, self.layout.volume, row)
+
+    async def hls_init(self, camera: str, segment_id: int) -> bytes:
+        row = await self.stored_segment(camera, segment_id)
+        assert self.layout is not None
+        return await asyncio.to_thread(playback.hls_init, self.layout.volume, row)
 
     async def delete_range(self, camera: str, from_ms: int, to_ms: int) -> list[SegmentRow]:
         """Delete the whole segments inside [from, to], crash-safe (retention's

@@ -124,10 +124,18 @@ def source_packets() -> list[tuple[float, str]]:
     return packet_hashes(clip(SOURCE))
 
 
+@pytest.fixture(scope="session")
+def source_keyframes() -> list[float]:
+    """pts (s) of the source's keyframes (x264 adds some at scene cuts: not only
+    every GOP frames)."""
+    packets = ffprobe(clip(SOURCE), "-select_streams", "v:0", "-show_entries", "packet=pts_time,flags")["packets"]
+    return [float(p["pts_time"]) for p in packets if "K" in p["flags"]]
+
+
 def packet_hashes(path: Path | str, extra: list[str] | None = None) -> list[tuple[float, str]]:
     """Video packets as (pts in seconds, md5), in order, without decoding."""
     out = subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", *(extra or []), "-i", str(path), "-map", "0:v:0",
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-copyts", *(extra or []), "-i", str(path), "-map", "0:v:0",
          "-c", "copy", "-f", "framemd5", "-"],
         check=True, capture_output=True, text=True,
     ).stdout
