@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import ffmpeg as ffmpeg_python
@@ -252,3 +253,48 @@ class FfmpegProcess:
 
 def _redact(argv: list[str]) -> list[str]:
     return [re.sub(r"(rtsps?://[^:/@]*:)[^@]*@", r"\1***@", a) for a in argv]
+
+
+def export_command(container: str, metadata: dict[str, str], output: Path, ffmpeg: str = FFMPEG) -> list[str]:
+    """argv that remuxes a clip (fragmented MP4 on stdin) into `container` (mp4 or
+    matroska) with `metadata` as tags; stream copy. The clip's edit list is kept
+    in MP4; Matroska has none, so there the export starts at the keyframe at or
+    before `from` (its tags say when `from` is)."""
+    options: dict[str, str] = {"c": "copy", "map": "0", "f": container}
+    if container == "mp4":
+        # Keys other than MP4's few (title, comment, ...) are kept only with this.
+        options["movflags"] = "+use_metadata_tags"
+    output_stream = ffmpeg_python.output(ffmpeg_python.input("pipe:0", f="mp4"), str(output), **options)
+    tags = [arg for key, value in metadata.items() for arg in ("-metadata", f"{key}={value}")]
+    return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-y", *output_stream.get_args()[:-1], *tags,
+            str(output)]
+
+
+async def run_export(argv: list[str], chunks: Any, progress: Any) -> None:
+    """Run an export command, feeding it the clip's chunks (an iterator read in a
+    thread) on stdin; `progress(n)` after every n bytes. Raises RuntimeError with
+    ffmpeg's words if it fails. Cancelling kills ffmpeg."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
+    )
+    assert proc.stdin is not None and proc.stderr is not None
+    errors = asyncio.create_task(proc.stderr.read())
+    try:
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+                progress(len(chunk))
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # ffmpeg stopped reading: its exit status and stderr say why
+        rc = await proc.wait()
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    stderr = (await errors).decode("utf-8", "replace").strip()
+    if rc != 0:
+        raise RuntimeError(f"ffmpeg failed ({rc}): {stderr[-500:]}")
