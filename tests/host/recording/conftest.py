@@ -59,6 +59,7 @@ RECIPES: dict[str, str] = {
 }
 # Derived clips: (source, ffmpeg input options, output options) - copies, cheap.
 DERIVED: dict[str, tuple[str, str, str]] = {
+    "h264-aac-30": ("h264-aac-60", "", "-t 30 -c copy"),
     "h264-aac-180": ("h264-aac-60", "-stream_loop 2", "-c copy"),
     "h264-aac-600": ("h264-aac-60", "-stream_loop 9", "-c copy"),
     "h264-g711-60": ("h264-aac-60", "", "-c:v copy -c:a pcm_mulaw -ar 8000 -ac 1"),
