@@ -1,8 +1,9 @@
 """Exports: a range of one camera's recordings as a file to download, made by a job.
 
-The clip (playback.plan_clip: the stored fragments, stream copy) is fed to ffmpeg,
-which remuxes it into MKV or MP4 with the metadata a handed-over file must carry
-(camera, UTC start and end, the recorder's serial). With a password the file is
+The clip (playback.plan_clip: the stored fragments, stream copy) carries the
+metadata a handed-over file must have (camera, UTC start and end, the recorder's
+serial): an MP4 export is the clip itself with the tags in its moov, written
+directly; an MKV export is the clip fed to ffmpeg, which remuxes it with the tags. With a password the file is
 then put in a ZIP with WinZip AES-256 (pyzipper), which 7-Zip and the usual tools
 open with the password and nothing opens without it.
 
@@ -18,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -48,7 +51,6 @@ class ExportFormat(StrEnum):
     MP4 = "mp4"
 
 
-CONTAINER = {ExportFormat.MKV: "matroska", ExportFormat.MP4: "mp4"}
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,13 @@ class ExportService:
             ctx.progress(share * sent / clip.size, "copying")
 
         try:
-            await run_export(export_command(CONTAINER[export.format], metadata, media), clip.read(), fed)
+            if export.format is ExportFormat.MP4:
+                # The clip is an MP4 already: written as it is, tags in its moov;
+                # no process, the bytes copied once (near `cat` speed).
+                await _write(clip.tagged(metadata).read(), media, fed)
+            else:
+                await run_export(export_command("matroska", metadata, media), clip.read(), fed)
+                await asyncio.to_thread(_fsync, media)
             result = media
             if export.password is not None:
                 ctx.progress(0.5, "encrypting")
@@ -263,6 +271,28 @@ def _seconds(s: float) -> Any:
     return timedelta(seconds=s)
 
 
+async def _write(chunks: Iterator[bytes], target: Path, progress: Callable[[int], None]) -> None:
+    """Write the chunks to `target` and fsync it: an export is handed over, so it
+    must be on the disk when the job says it is done."""
+    f = await asyncio.to_thread(open, target, "wb")
+    try:
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            await asyncio.to_thread(f.write, chunk)
+            progress(len(chunk))
+        await asyncio.to_thread(f.flush)
+        await asyncio.to_thread(os.fsync, f.fileno())
+    finally:
+        f.close()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _encrypt(source: Path, target: Path, password: str, progress: Any) -> None:
     """`source` into a ZIP at `target`, WinZip AES-256, stored (video doesn't
     compress), written in 1 MiB chunks."""
@@ -276,3 +306,4 @@ def _encrypt(source: Path, target: Path, password: str, progress: Any) -> None:
                 dst.write(chunk)
                 done += len(chunk)
                 progress(done / size)
+    _fsync(target)

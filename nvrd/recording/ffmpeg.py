@@ -13,7 +13,9 @@ ffmpeg 5 warns that trailing options may be ignored).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import re
@@ -36,6 +38,7 @@ MOVFLAGS = "+frag_keyframe+empty_moov+default_base_moof"
 # The socket timeout (µs) for RTSP: a camera that goes silent without closing the
 # connection ends ffmpeg in this time instead of hanging.
 RTSP_TIMEOUT_US = 10_000_000
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not in Python 3.11's fcntl
 
 
 class AudioPolicy(StrEnum):
@@ -256,14 +259,11 @@ def _redact(argv: list[str]) -> list[str]:
 
 
 def export_command(container: str, metadata: dict[str, str], output: Path, ffmpeg: str = FFMPEG) -> list[str]:
-    """argv that remuxes a clip (fragmented MP4 on stdin) into `container` (mp4 or
-    matroska) with `metadata` as tags; stream copy. The clip's edit list is kept
-    in MP4; Matroska has none, so there the export starts at the keyframe at or
-    before `from` (its tags say when `from` is)."""
+    """argv that remuxes a clip (fragmented MP4 on stdin) into `container` (e.g.
+    matroska) with `metadata` as tags; stream copy. Matroska has no edit list, so
+    there the export starts at the keyframe at or before `from` (its tags say when
+    `from` is)."""
     options: dict[str, str] = {"c": "copy", "map": "0", "f": container}
-    if container == "mp4":
-        # Keys other than MP4's few (title, comment, ...) are kept only with this.
-        options["movflags"] = "+use_metadata_tags"
     output_stream = ffmpeg_python.output(ffmpeg_python.input("pipe:0", f="mp4"), str(output), **options)
     tags = [arg for key, value in metadata.items() for arg in ("-metadata", f"{key}={value}")]
     return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-y", *output_stream.get_args()[:-1], *tags,
@@ -279,6 +279,9 @@ async def run_export(argv: list[str], chunks: Any, progress: Any) -> None:
         preexec_fn=_die_with_parent, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
     )
     assert proc.stdin is not None and proc.stderr is not None
+    # A 1 MiB pipe instead of 64 KiB: 16 times fewer wake-ups per byte copied.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(proc.stdin.get_extra_info("pipe").fileno(), F_SETPIPE_SZ, 1 << 20)
     errors = asyncio.create_task(proc.stderr.read())
     try:
         try:

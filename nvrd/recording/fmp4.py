@@ -227,3 +227,18 @@ def _sample_descriptions(moov: bytes) -> list[bytes]:
 
     walk(8, len(moov))
     return found
+
+
+def with_metadata(moov: bytes, tags: dict[str, str]) -> bytes:
+    """The moov with `tags` as QuickTime metadata (`meta` with an `mdta` handler,
+    `keys` and `ilst`): what ffmpeg writes with movflags use_metadata_tags and
+    reads back as format tags, any key allowed."""
+    hdlr = _box("hdlr", struct.pack(">II4s12x", 0, 0, b"mdta"), b"\0")
+    keys = _box("keys", struct.pack(">II", 0, len(tags)),
+                *(struct.pack(">I4s", 8 + len(k.encode()), b"mdta") + k.encode() for k in tags))
+    items = []
+    for number, value in enumerate(tags.values(), start=1):
+        data = _box("data", struct.pack(">II", 1, 0), value.encode())  # 1: UTF-8
+        items.append(struct.pack(">II", 8 + len(data), number) + data)
+    meta = _box("meta", hdlr, keys, _box("ilst", *items))
+    return _box("moov", moov[8:], meta)

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from nvrd.recording.fmp4 import Fragment, SegmentBoxes, movie_timescale, patch_moof, same_tracks, scan, with_edit_list
+from nvrd.recording.fmp4 import (
+    Fragment, SegmentBoxes, movie_timescale, patch_moof, same_tracks, scan, with_edit_list, with_metadata,
+)
 from nvrd.recording.index import Gap, SegmentRow
 
 # Bumped when the bytes of a clip for the same segments would change: old ETags
@@ -65,6 +67,15 @@ class Clip:
     end_ms: int  # wall time just after the last frame
     gaps: list[Gap] = field(default_factory=list)
     stopped_early_ms: int | None = None  # the camera's stream changed here: the clip ends
+
+    def tagged(self, tags: dict[str, str]) -> Clip:
+        """The same clip with `tags` in its moov (for exports): every piece moves by
+        the same number of bytes."""
+        ftyp_size = int.from_bytes(self.init[:4], "big")
+        init = self.init[:ftyp_size] + with_metadata(self.init[ftyp_size:], tags)
+        moved = len(init) - len(self.init)
+        pieces = tuple(Piece(p.path, p.fragments, p.shift, p.first_sequence, p.offset + moved) for p in self.pieces)
+        return Clip(init, pieces, self.etag, self.start_ms, self.from_ms, self.end_ms, self.gaps, self.stopped_early_ms)
 
     @property
     def size(self) -> int:

@@ -52,12 +52,18 @@ def iso(ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-async def _build(volume: Path, source: Path) -> None:
+async def build_recording(
+    volume: Path, source: Path, camera: str, t0_ms: int, segment_s: int, input_options: dict[str, Any] | None = None
+) -> None:
+    """Cut `source` into segments with the recorder's segment muxer options and
+    commit and index each the way the recorder does, the first at `t0_ms`. Also
+    used by bench/playback.py."""
     layout = Layout(volume)
-    incoming = layout.incoming(CAMERA)
+    incoming = layout.incoming(camera)
     incoming.mkdir(parents=True)
     argv = ffmpeg_python.output(
-        ffmpeg_python.input(str(source)), str(layout.pattern(CAMERA, "synth")), map="0", **segment_options(SEGMENT_S)
+        ffmpeg_python.input(str(source), **(input_options or {})), str(layout.pattern(camera, "synth")), map="0",
+        **segment_options(segment_s),
     ).get_args()
     listing = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", *argv], check=True,
                              capture_output=True, text=True).stdout
@@ -70,18 +76,18 @@ async def _build(volume: Path, source: Path) -> None:
             closed = parse_segment_line(line)
             assert closed is not None, line
             # The list line arrives at the segment's end: that is the wall clock.
-            start_ms, end_ms, _ = timeline.place(closed, T0 + round(closed.end * 1000))
+            start_ms, end_ms, _ = timeline.place(closed, t0_ms + round(closed.end * 1000))
             path = incoming / closed.filename
             verdict = segments.judge(path)
             assert verdict.keep and verdict.info is not None, verdict
             seq = segments.parse_incoming_name(closed.filename)
             assert seq is not None
-            final = layout.final(CAMERA, start_ms, "synth", seq[1])
+            final = layout.final(camera, start_ms, "synth", seq[1])
             segments.commit(path, final)
             row = await index.insert(
-                SegmentRow(CAMERA, start_ms, end_ms, verdict.info.bytes, verdict.info.frames,
-                           verdict.info.keyframes, verdict.info.codec, "aac", layout.relative(final),
-                           verdict.note, run_id),
+                SegmentRow(camera, start_ms, end_ms, verdict.info.bytes, verdict.info.frames,
+                           verdict.info.keyframes, verdict.info.codec, "aac" if verdict.info.audio else None,
+                           layout.relative(final), verdict.note, run_id),
                 "restart",
             )
             run_id = row.run_id
@@ -97,7 +103,7 @@ def recording() -> Path:
     volume = RECORDINGS / f"{SOURCE}-{digest}"
     if not (volume / "done").exists():
         shutil.rmtree(volume, ignore_errors=True)
-        asyncio.run(_build(volume, source))
+        asyncio.run(build_recording(volume, source, CAMERA, T0, SEGMENT_S))
         (volume / "done").touch()
     return volume
 
