@@ -111,7 +111,12 @@ def recording() -> Path:
 @pytest.fixture
 def recording_volume(recording: Path, config: Any) -> Path:
     """This test's copy of the recording, where the app's volume is."""
-    volume: Path = config.storage.directory
+    return copy_recording(recording, config.storage.directory)
+
+
+def copy_recording(recording: Path, volume: Path) -> Path:
+    """Segment files hard-linked (a delete unlinks only the copy's link), the index
+    copied."""
     shutil.copytree(recording, volume, copy_function=os.link, ignore=shutil.ignore_patterns("index.db*", "done"))
     shutil.copy(recording / "recordings" / "index.db", volume / "recordings" / "index.db")
     return volume

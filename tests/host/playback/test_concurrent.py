@@ -5,8 +5,6 @@ another camera on the same volume."""
 
 from __future__ import annotations
 
-import shutil
-import os
 import threading
 import time
 import urllib.request
@@ -14,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..recording.conftest import RtspServer, api, clip, index_rows, start_daemon
-from .conftest import AUTH, CAMERA, T0, iso
+from .conftest import AUTH, CAMERA, T0, copy_recording, iso
 
 
 def get(url: str) -> bytes:
@@ -24,9 +22,7 @@ def get(url: str) -> bytes:
 
 
 def test_export_clip_and_live_playlist_while_recording_lose_no_frame(recording: Path, tmp_path: Path) -> None:
-    volume = tmp_path / "nvrd" / "volume"
-    shutil.copytree(recording, volume, copy_function=os.link, ignore=shutil.ignore_patterns("index.db*", "done"))
-    shutil.copy(recording / "recordings" / "index.db", volume / "recordings" / "index.db")
+    volume = copy_recording(recording, tmp_path / "nvrd" / "volume")
     server = RtspServer({"live": clip("h264-aac-30")}).start()
     daemon = start_daemon(tmp_path / "nvrd")
     try:
