@@ -23,7 +23,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,7 +35,7 @@ import pyzipper
 from nvrd.errors import Conflict, NotFound
 from nvrd.jobs import Job, JobContext, Jobs, job_summary
 from nvrd.recording.ffmpeg import export_command, run_export
-from nvrd.recording.playback import iso
+from nvrd.recording.playback import Clip, iso
 from nvrd.recording.retention import free_bytes
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,9 @@ class ExportService:
             if export.format is ExportFormat.MP4:
                 # The clip is an MP4 already: written as it is, tags in its moov;
                 # no process, the bytes copied once (near `cat` speed).
-                await _write(clip.tagged(metadata).read(), media, fed)
+                loop = asyncio.get_running_loop()
+                tagged = clip.tagged(metadata)
+                await asyncio.to_thread(_write, tagged, media, lambda n: loop.call_soon_threadsafe(fed, n))
             else:
                 await run_export(export_command("matroska", metadata, media), clip.read(), fed)
                 await asyncio.to_thread(_fsync, media)
@@ -271,18 +273,15 @@ def _seconds(s: float) -> Any:
     return timedelta(seconds=s)
 
 
-async def _write(chunks: Iterator[bytes], target: Path, progress: Callable[[int], None]) -> None:
-    """Write the chunks to `target` and fsync it: an export is handed over, so it
-    must be on the disk when the job says it is done."""
-    f = await asyncio.to_thread(open, target, "wb")
+def _write(clip: Clip, target: Path, progress: Callable[[int], None]) -> None:
+    """The clip into `target`, fsynced: an export is handed over, so it must be on
+    the disk when the job says it is done. Runs in a thread."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            await asyncio.to_thread(f.write, chunk)
-            progress(len(chunk))
-        await asyncio.to_thread(f.flush)
-        await asyncio.to_thread(os.fsync, f.fileno())
+        clip.write_to(fd, progress)
+        os.fsync(fd)
     finally:
-        f.close()
+        os.close(fd)
 
 
 def _fsync(path: Path) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +83,35 @@ class Clip:
 
     def read(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         """Bytes [start, end) of the clip, in chunks, read from the files now."""
+        for part in self._parts(start, end):
+            if isinstance(part, Extent):
+                for offset in range(part.offset, part.offset + part.length, CHUNK):
+                    n = min(CHUNK, part.offset + part.length - offset)
+                    data = os.pread(part.fd, n, offset)
+                    if len(data) != n:
+                        raise OSError(f"{part.path}: shorter than indexed")
+                    yield data
+            else:
+                yield part
+
+    def write_to(self, fd: int, progress: Callable[[int], None]) -> None:
+        """The whole clip into the file `fd`; media data copied by the kernel
+        (copy_file_range: no trip through Python, a reflink where the filesystem
+        can). `progress(n)` after every n bytes."""
+        for part in self._parts(0, None):
+            if isinstance(part, Extent):
+                offset, left = part.offset, part.length
+                while left:
+                    n = os.copy_file_range(part.fd, fd, min(left, 64 * CHUNK), offset)
+                    if n == 0:
+                        raise OSError(f"{part.path}: shorter than indexed")
+                    offset, left = offset + n, left - n
+                    progress(n)
+            else:
+                os.write(fd, part)
+                progress(len(part))
+
+    def _parts(self, start: int, end: int | None) -> Iterator[bytes | Extent]:
         end = self.size if end is None else min(end, self.size)
         if start < len(self.init):
             yield self.init[start : min(end, len(self.init))]
@@ -90,10 +119,22 @@ class Clip:
             if piece.offset >= end:
                 break
             if piece.offset + piece.length > start:
-                yield from _read_piece(piece, start, end)
+                yield from _piece_parts(piece, start, end)
 
 
-def _read_piece(piece: Piece, start: int, end: int) -> Iterator[bytes]:
+@dataclass(frozen=True)
+class Extent:
+    """Bytes to copy as they are from an open segment file."""
+
+    path: Path
+    fd: int
+    offset: int
+    length: int
+
+
+def _piece_parts(piece: Piece, start: int, end: int) -> Iterator[bytes | Extent]:
+    """Output bytes [start, end) of one piece: patched moofs, and extents of the
+    file for the media data between them."""
     fd = os.open(piece.path, os.O_RDONLY)
     try:
         position = piece.offset  # output offset of the current fragment
@@ -101,19 +142,13 @@ def _read_piece(piece: Piece, start: int, end: int) -> Iterator[bytes]:
             if position >= end:
                 break
             if position + fragment.size > start:
-                moof = os.pread(fd, fragment.moof_size, fragment.offset)
-                moof = patch_moof(moof, piece.first_sequence + index, piece.shift)
                 lo, hi = max(start - position, 0), min(end - position, fragment.size)
                 if lo < fragment.moof_size:
-                    yield moof[lo : min(hi, fragment.moof_size)]
+                    moof = os.pread(fd, fragment.moof_size, fragment.offset)
+                    yield patch_moof(moof, piece.first_sequence + index, piece.shift)[lo : min(hi, fragment.moof_size)]
                     lo = fragment.moof_size
-                while lo < hi:
-                    n = min(CHUNK, hi - lo)
-                    data = os.pread(fd, n, fragment.offset + lo)
-                    if len(data) != n:
-                        raise OSError(f"{piece.path}: shorter than indexed")
-                    yield data
-                    lo += n
+                if lo < hi:
+                    yield Extent(piece.path, fd, fragment.offset + lo, hi - lo)
             position += fragment.size
     finally:
         os.close(fd)
