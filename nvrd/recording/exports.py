@@ -23,7 +23,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,7 +35,7 @@ import pyzipper
 from nvrd.errors import Conflict, NotFound
 from nvrd.jobs import Job, JobContext, Jobs, job_summary
 from nvrd.recording.ffmpeg import export_command, run_export
-from nvrd.recording.playback import Clip, iso
+from nvrd.recording.playback import CHUNK, Clip, iso
 from nvrd.recording.retention import free_bytes
 
 log = logging.getLogger(__name__)
@@ -202,31 +202,39 @@ class ExportService:
             "first_frame_utc": iso(clip.start_ms),
             "recorder_serial": self.serial,
         }
-        share = 0.5 if export.password else 1.0
-        sent = 0
-
-        def fed(n: int) -> None:
-            nonlocal sent
-            sent += n
-            ctx.progress(share * sent / clip.size, "copying")
-
+        loop = asyncio.get_running_loop()
+        # An MKV with a password is written, then encrypted: two halves of the bar.
+        halves = export.password is not None and export.format is ExportFormat.MKV
+        copying = _Progress(ctx, clip.size, 0.0, 0.5 if halves else 1.0, "copying", loop)
         try:
             if export.format is ExportFormat.MP4:
                 # The clip is an MP4 already: written as it is, tags in its moov;
-                # no process, the bytes copied once (near `cat` speed).
-                loop = asyncio.get_running_loop()
+                # no process, the bytes copied once (near `cat` speed); with a
+                # password straight into the ZIP, the plain file never on the disk.
                 tagged = clip.tagged(metadata)
-                await asyncio.to_thread(_write, tagged, media, lambda n: loop.call_soon_threadsafe(fed, n))
+                if export.password is None:
+                    result = media
+                    await asyncio.to_thread(_write, tagged, media, copying.from_thread)
+                else:
+                    result = media.with_suffix(media.suffix + ".zip")
+                    await asyncio.to_thread(
+                        _encrypt, tagged.read(), media.name, result, export.password, copying.from_thread
+                    )
             else:
-                await run_export(export_command("matroska", metadata, media), clip.read(), fed)
+                await run_export(export_command("matroska", metadata, media), clip.read(), copying)
                 await asyncio.to_thread(_fsync, media)
-            result = media
-            if export.password is not None:
-                ctx.progress(0.5, "encrypting")
-                result = media.with_suffix(media.suffix + ".zip")
-                await asyncio.to_thread(_encrypt, media, result, export.password, lambda f: ctx.progress(0.5 + f / 2))
-                await asyncio.to_thread(media.unlink)
-                export.password = None  # not kept longer than needed
+                result = media
+                if export.password is not None:
+                    # Matroska is written with seeks (cues, sizes): it can't be
+                    # streamed into the archive, so it is encrypted afterwards.
+                    result = media.with_suffix(media.suffix + ".zip")
+                    size = (await asyncio.to_thread(media.stat)).st_size
+                    encrypting = _Progress(ctx, size, 0.5, 0.5, "encrypting", loop)
+                    await asyncio.to_thread(
+                        _encrypt, _chunks(media), media.name, result, export.password, encrypting.from_thread
+                    )
+                    await asyncio.to_thread(media.unlink)
+            export.password = None  # not kept longer than needed
         except BaseException:
             await self._remove_files(export)
             raise
@@ -292,17 +300,37 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _encrypt(source: Path, target: Path, password: str, progress: Any) -> None:
-    """`source` into a ZIP at `target`, WinZip AES-256, stored (video doesn't
-    compress), written in 1 MiB chunks."""
-    size = source.stat().st_size or 1
-    done = 0
+class _Progress:
+    """Bytes done of `total` → the job's progress, from `base` over `span`."""
+
+    def __init__(
+        self, ctx: JobContext, total: int, base: float, span: float, message: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.ctx, self.total, self.base, self.span, self.message, self.loop = ctx, max(total, 1), base, span, message, loop
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.ctx.progress(self.base + self.span * min(self.done / self.total, 1.0), self.message)
+
+    def from_thread(self, n: int) -> None:
+        self.loop.call_soon_threadsafe(self, n)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _encrypt(chunks: Iterator[bytes], name: str, target: Path, password: str, progress: Callable[[int], None]) -> None:
+    """The chunks as the file `name` in a ZIP at `target`, WinZip AES-256, stored
+    (video doesn't compress), fsynced. Runs in a thread."""
     with pyzipper.AESZipFile(target, "w", compression=pyzipper.ZIP_STORED, encryption=pyzipper.WZ_AES) as zf:
         zf.setpassword(password.encode("utf-8"))
         zf.setencryption(pyzipper.WZ_AES, nbits=256)
-        with open(source, "rb") as src, zf.open(source.name, "w", force_zip64=True) as dst:
-            while chunk := src.read(1 << 20):
+        with zf.open(name, "w", force_zip64=True) as dst:
+            for chunk in chunks:
                 dst.write(chunk)
-                done += len(chunk)
-                progress(done / size)
+                progress(len(chunk))
     _fsync(target)

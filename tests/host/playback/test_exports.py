@@ -124,3 +124,15 @@ async def test_bad_exports_name_the_field(played: Any) -> None:
         response = await played.post("/api/v1/exports", json=body)
         assert response.status == status, (body, await response.text())
         assert (await response.json())["field"] == field, body
+
+
+async def test_encrypted_mp4_is_streamed_into_the_zip(played: Any, tmp_path: Path) -> None:
+    response = await played.post("/api/v1/exports", json={"camera": CAMERA, "from": iso(T0 + 5_000),
+                                                           "to": iso(T0 + 25_000), "format": "mp4", "password": PASSWORD})
+    export = await finished(played, (await response.json())["id"])
+    assert export["state"] == "succeeded" and export["filename"].endswith(".mp4.zip"), export
+    archive = await download(played, export, tmp_path / export["filename"])
+    subprocess.run(["7z", "x", f"-p{PASSWORD}", f"-o{tmp_path}", str(archive)], capture_output=True, check=True)
+    mp4 = tmp_path / export["filename"].removesuffix(".zip")
+    subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(mp4), "-f", "null", "-"], check=True)
+    assert ffprobe(mp4, "-show_entries", "format_tags")["format"]["tags"]["camera_id"] == CAMERA
