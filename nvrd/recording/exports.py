@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -244,7 +244,7 @@ class ExportService:
         export.path = result
         export.bytes = (await asyncio.to_thread(result.stat)).st_size
         export.expires_mono = time.monotonic() + self.settings.expire_after_s
-        export.expires = datetime.now(UTC).replace(microsecond=0) + _seconds(self.settings.expire_after_s)
+        export.expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=self.settings.expire_after_s)
         log.info("export %s of camera %s ready: %s (%d bytes)", export.id, export.camera, result.name, export.bytes)
         return {"export": export.id, "bytes": export.bytes}
 
@@ -273,12 +273,6 @@ class ExportService:
                 await asyncio.to_thread(self._expire)
             except Exception:  # noqa: BLE001 - expiry keeps going
                 log.exception("export expiry failed")
-
-
-def _seconds(s: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=s)
 
 
 def _write(clip: Clip, target: Path, progress: Callable[[int], None]) -> None:
