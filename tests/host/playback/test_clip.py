@@ -79,6 +79,8 @@ async def test_range_requests_and_etag(played: Any, tmp_path: Path) -> None:
     beyond = await played.get(f"/api/v1/cameras/{CAMERA}/clip.mp4", params={"from": iso(start), "to": iso(end)},
                               headers={"Range": f"bytes={len(full)}-"})
     assert beyond.status == 416 and beyond.headers["Content-Range"] == f"bytes */{len(full)}"
+    head = await played.head(f"/api/v1/cameras/{CAMERA}/clip.mp4", params={"from": iso(start), "to": iso(end)})
+    assert head.status == 200 and int(head.headers["Content-Length"]) == len(full) and head.headers["ETag"] == etag
     cached = await played.get(f"/api/v1/cameras/{CAMERA}/clip.mp4", params={"from": iso(start), "to": iso(end)},
                               headers={"If-None-Match": etag})
     assert cached.status == 304
