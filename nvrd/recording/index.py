@@ -362,6 +362,12 @@ class RecordingIndex:
 
         return await self.db.run(select)
 
+    async def has_camera(self, camera: str) -> bool:
+        def select(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM run WHERE camera = ? LIMIT 1", (camera,)).fetchone() is not None
+
+        return await self.db.run(select)
+
     async def bytes_since(self, since_ms: int) -> int:
         def total(conn: sqlite3.Connection) -> int:
             return conn.execute(

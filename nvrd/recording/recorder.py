@@ -676,7 +676,7 @@ class Recorder:
     async def require_camera(self, camera: str) -> None:
         """A camera that exists, or whose recordings do (a deleted camera's footage
         stays until retention removes it); anything else is not found."""
-        if camera not in self.supervisors and camera not in await self._index().cameras():
+        if camera not in self.supervisors and not await self._index().has_camera(camera):
             raise NotFound(f"no camera {camera!r}", field="camera", camera=camera)
 
     async def clip(self, camera: str, from_ms: int, to_ms: int) -> playback.Clip:
