@@ -196,8 +196,9 @@ def ttfb(rows: int, reps: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
     print(f"  time to first byte, 7 days back in a {rows:,}-row index ({reps} requests each):")
     for name, samples in results.items():
-        print(f"    {name}: median {statistics.median(samples):.1f} ms,"
-              f" p95 {statistics.quantiles(samples, n=20)[-1]:.1f} ms (target < 100 ms)")
+        # The first request reads the index pages and segment headers from the disk.
+        print(f"    {name}: first {samples[0]:.1f} ms; then median {statistics.median(samples[1:]):.1f} ms,"
+              f" p95 {statistics.quantiles(samples[1:], n=20)[-1]:.1f} ms (target < 100 ms)")
 
 
 def main(argv: list[str] | None = None) -> None:
