@@ -17,6 +17,7 @@ so the footage either side plays on, and the gaps are reported beside the clip.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -28,6 +29,9 @@ from nvrd.recording.fmp4 import (
     Fragment, SegmentBoxes, movie_timescale, patch_moof, same_tracks, scan, with_edit_list, with_metadata,
 )
 from nvrd.recording.index import Gap, SegmentRow
+from nvrd.recording.mp4 import Mp4Error
+
+log = logging.getLogger(__name__)
 
 # Bumped when the bytes of a clip for the same segments would change: old ETags
 # must not match.
@@ -176,7 +180,14 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
     chosen: list[tuple[SegmentRow, SegmentBoxes, list[Fragment]]] = []
     stopped_early = None
     for row in rows:
-        boxes = scan(volume / row.path)
+        try:
+            boxes = scan(volume / row.path)
+        except (OSError, Mp4Error) as exc:
+            # A file gone or damaged behind the index's back (by hand, a disk
+            # error): the footage either side still plays, and the hole is shown.
+            log.warning("clip: segment %s skipped: %s", row.path, exc)
+            gaps = sorted([*gaps, Gap(row.camera, row.start_ms, row.end_ms, "missing")], key=lambda g: g.start_ms)
+            continue
         fragments = list(boxes.fragments)
         if not chosen:
             # Start at the last keyframe at or before `from` (fragments start at keyframes).

@@ -40,6 +40,7 @@ from nvrd.recording.cameras import (
 from nvrd.recording.clock import Clock
 from nvrd.recording.ffmpeg import COPYABLE_AUDIO, FFMPEG, Exit, FfmpegProcess, classify_exit, record_command
 from nvrd.recording.index import Gap, RecordingIndex, Run, SegmentRow
+from nvrd.recording.mp4 import Mp4Error
 from nvrd.recording.retention import Retention, RetentionSettings, WriteRate
 from nvrd.recording.segments import Layout, Timeline
 from nvrd.storage.volume import TOPIC as VOLUME_TOPIC, VolumeState, VolumeStatus
@@ -709,14 +710,19 @@ class Recorder:
         return row
 
     async def hls_segment(self, camera: str, segment_id: int) -> playback.Clip:
-        row = await self.stored_segment(camera, segment_id)
-        assert self.layout is not None
-        return await asyncio.to_thread(playback.hls_segment, self.layout.volume, row)
+        return await self._from_segment(playback.hls_segment, camera, segment_id)
 
     async def hls_init(self, camera: str, segment_id: int) -> bytes:
+        return await self._from_segment(playback.hls_init, camera, segment_id)
+
+    async def _from_segment(self, make: Any, camera: str, segment_id: int) -> Any:
         row = await self.stored_segment(camera, segment_id)
         assert self.layout is not None
-        return await asyncio.to_thread(playback.hls_init, self.layout.volume, row)
+        try:
+            return await asyncio.to_thread(make, self.layout.volume, row)
+        except (OSError, Mp4Error) as exc:
+            # Removed by retention since the playlist was made, or damaged.
+            raise NotFound(f"segment {segment_id} of camera {camera!r} can't be read: {exc}", segment=segment_id) from None
 
     async def delete_range(self, camera: str, from_ms: int, to_ms: int) -> list[SegmentRow]:
         """Delete the whole segments inside [from, to], crash-safe (retention's

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from ..recording.conftest import index_rows
 from .conftest import CAMERA, DURATION_S, FPS, GOP, T0, ffprobe, iso, packet_hashes
 
 FRAME_S = 1 / FPS
@@ -86,7 +87,7 @@ async def test_range_requests_and_etag(played: Any, tmp_path: Path) -> None:
     assert cached.status == 304
 
 
-async def test_gaps_are_played_across_and_reported(played: Any, tmp_path: Path) -> None:
+async def test_gaps_are_played_across_and_reported(played: Any, tmp_path: Path, recording_volume: Path) -> None:
     # Delete 40 s in the middle: segments [60 s, 80 s) and [80 s, 100 s).
     response = await played.delete("/api/v1/recordings", params={"camera": CAMERA, "from": iso(T0 + 59_000), "to": iso(T0 + 101_000)})
     body = await response.json()
@@ -99,6 +100,12 @@ async def test_gaps_are_played_across_and_reported(played: Any, tmp_path: Path) 
     # 60 s asked for, 40 s of it deleted: about 20 s of footage, either side, plays.
     video = ffprobe(path, "-show_entries", "stream=start_time,duration", "-select_streams", "v:0")["streams"][0]
     assert abs(float(video["start_time"]) + float(video["duration"]) - 20) <= GOP * FRAME_S
+    # A file removed behind the index's back: the clip plays around it and says so.
+    rows = [r for r in index_rows(recording_volume) if T0 + 100_000 <= r["start_ms"] < T0 + 110_000]
+    (recording_volume / rows[0]["path"]).unlink()
+    response = await fetch(played, path, T0 + 50_000, T0 + 140_000)
+    assert response.status == 200
+    assert response.headers["Nvrd-Gaps"].endswith(f"{iso(rows[0]['start_ms'])}/{iso(rows[0]['end_ms'])} missing")
     nothing = await played.get(f"/api/v1/cameras/{CAMERA}/clip.mp4", params={"from": iso(T0 + 65_000), "to": iso(T0 + 95_000)})
     assert nothing.status == 404
     assert nothing.content_type == "application/problem+json"
