@@ -4,6 +4,7 @@ decodes, Range and ETag, gaps, and bad input."""
 from __future__ import annotations
 
 import random
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,6 @@ async def test_ten_random_ranges_start_at_from_and_last_the_range(
         assert response.status == 200, await response.text()
         assert int(response.headers["Content-Length"]) == path.stat().st_size
         # It decodes, every frame (ffmpeg exits non-zero on a broken stream with -xerror).
-        import subprocess
-
         subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"], check=True)
         packets = packet_hashes(path)
         # The first frame is the keyframe at or before `from`...

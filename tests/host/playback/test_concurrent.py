@@ -9,7 +9,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from ..recording.conftest import RtspServer, api, clip, index_rows, start_daemon
 from .conftest import AUTH, CAMERA, T0, copy_recording, iso
