@@ -136,3 +136,18 @@ async def test_encrypted_mp4_is_streamed_into_the_zip(played: Any, tmp_path: Pat
     mp4 = tmp_path / export["filename"].removesuffix(".zip")
     subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(mp4), "-f", "null", "-"], check=True)
     assert ffprobe(mp4, "-show_entries", "format_tags")["format"]["tags"]["camera_id"] == CAMERA
+
+
+async def test_deleting_a_running_export_stops_it(played: Any, recording_volume: Path) -> None:
+    response = await played.post("/api/v1/exports", json={"camera": CAMERA, "from": iso(T0), "to": iso(T0 + 590_000),
+                                                           "format": "mkv", "password": PASSWORD})
+    export = await response.json()
+    job_id = export["job"]["id"]
+    assert (await played.delete(f"/api/v1/exports/{export['id']}")).status == 204
+    for _ in range(100):
+        job = await (await played.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["state"] == "failed":
+            break
+        await asyncio.sleep(0.1)
+    assert job["state"] == "failed" and job["error"] == "cancelled", job
+    assert not (recording_volume / "exports" / export["id"]).exists()
