@@ -14,8 +14,9 @@ DEB := build/deb/nvrd_$(VERSION)_$(ARCH).deb
 DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl iproute2
 # Recording: ffmpeg records; the GStreamer RTSP server (tools/test-camera, run with
 # Debian's python3 for python3-gi) is the test camera of `make run` and the host tier.
+# p7zip-full: the host tier opens password-protected exports with 7z, as users do.
 DEBS_MEDIA := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
-	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly p7zip-full
 DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
 	smartmontools e2fsprogs xfsprogs udev
 DEBS_DEB := build-essential debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from bench import auth_api, daemon_api, recording
+from bench import auth_api, daemon_api, playback, recording
 
 
 def main() -> int:
@@ -15,6 +15,7 @@ def main() -> int:
     # NVRD_BENCH_CAMERAS="16" limits the streams part on a shared machine.
     cameras = os.environ.get("NVRD_BENCH_CAMERAS", "16 64 128").split()
     recording.main(["--cameras", *cameras])
+    playback.main([])
     return 0
 
 

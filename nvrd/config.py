@@ -89,11 +89,17 @@ class HttpConfig(_Section):
         return listen
 
 
+class ExportsConfig(_Section):
+    max_concurrent: Annotated[int, Field(ge=1, le=16)] = 2
+    expire_after_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 24.0
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
+    exports: ExportsConfig = ExportsConfig()
 
 
 def parse(text: str, source: str = "<string>") -> Config:

@@ -95,6 +95,7 @@ class Jobs:
         self._keep_finished = keep_finished
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: dict[str, str] = {}
 
     def submit(self, kind: str, fn: JobFunction, target: str | None = None) -> Job:
         job = Job(id=secrets.token_hex(8), kind=kind, target=target)
@@ -112,6 +113,13 @@ class Jobs:
     def list(self, kind: str | None = None) -> list[Job]:
         return [job for job in self._jobs.values() if kind is None or job.kind == kind]
 
+    def cancel(self, job_id: str, reason: str = "cancelled") -> None:
+        """Stop a queued or running job; it ends `failed` with `reason`."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            self._cancelled[job_id] = reason
+            task.cancel()
+
     async def wait(self, job_id: str) -> Job:
         task = self._tasks.get(job_id)
         if task is not None:
@@ -127,8 +135,10 @@ class Jobs:
             else:
                 await self._execute(job, fn)
         except asyncio.CancelledError:
-            self._finish(job, JobState.FAILED, error="cancelled: the daemon is stopping")
-            raise
+            reason = self._cancelled.pop(job.id, None)
+            self._finish(job, JobState.FAILED, error=reason or "cancelled: the daemon is stopping")
+            if reason is None:
+                raise
         finally:
             self._tasks.pop(job.id, None)
             self._forget_old()

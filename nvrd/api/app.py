@@ -9,12 +9,12 @@ from aiohttp import web
 
 from nvrd.accounts import AccountsService, ScryptCost
 from nvrd.api import (
-    accounts, audit, auth, cameras, certificates, errors, events, jobs, network, recordings,
+    accounts, audit, auth, cameras, certificates, errors, events, exports, jobs, network, playback, recordings,
     session, setup, storage, system, tokens,
 )
 from nvrd.api.authstate import Authenticator
 from nvrd.api.keys import (
-    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, HTTP_SETTINGS, JOBS, LOG_LEVELS, RECORDER,
+    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, EXPORTS, HTTP_SETTINGS, JOBS, LOG_LEVELS, RECORDER,
     STORAGE, TLS, VOLUME,
 )
 from nvrd.audit import AuditLog
@@ -23,6 +23,7 @@ from nvrd.config import Config
 from nvrd.device import DeviceState
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
+from nvrd.recording.exports import JOB_KIND as EXPORT_JOB, ExportService, ExportSettings
 from nvrd.recording.recorder import Recorder
 from nvrd.storage.manager import ManagedStorage, allowed_candidates
 from nvrd.storage.monitor import StorageMonitor
@@ -74,7 +75,7 @@ async def _tls(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
-    app[JOBS] = Jobs(app[BUS])
+    app[JOBS] = Jobs(app[BUS], limits={EXPORT_JOB: app[CONFIG].exports.max_concurrent})
     yield
     await app[JOBS].close()
 
@@ -109,6 +110,15 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     await recorder.close()
 
 
+async def _exports(app: web.Application) -> AsyncIterator[None]:
+    settings = ExportSettings(expire_after_s=app[CONFIG].exports.expire_after_hours * 3600)
+    service = ExportService(app[RECORDER], app[JOBS], app[DEVICE].identity.serial, settings)
+    await service.start()
+    app[EXPORTS] = service
+    yield
+    await service.close()
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # SSE handlers wait on the bus; ending the subscriptions lets them return, so
     # shutdown doesn't sit out its timeout on open streams.
@@ -136,12 +146,12 @@ def make_app(
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
     app.cleanup_ctx.extend(
-        [_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume, _recorder]
+        [_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume, _recorder, _exports]
     )
     app.on_shutdown.append(_end_event_streams)
     for module in (
         system, jobs, events, storage, setup, accounts, tokens, session, audit, certificates,
-        network, cameras, recordings,
+        network, cameras, recordings, playback, exports,
     ):
         app.add_routes(module.routes)
     return app

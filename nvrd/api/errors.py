@@ -66,7 +66,8 @@ def _http_detail(exc: web.HTTPException) -> str | None:
 
 
 # Headers of aiohttp's exceptions worth keeping (405 says which methods are allowed).
-_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location")
+# Content-Range: a 416 says how long the resource is (RFC 9110 §15.5.17).
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Location", "Content-Range")
 
 
 @web.middleware

@@ -17,6 +17,7 @@ from nvrd.logs import LogLevels
 from nvrd.storage.manager import ManagedStorage
 from nvrd.storage.volume import Volume
 from nvrd.system.http import HttpSettingsStore
+from nvrd.recording.exports import ExportService
 from nvrd.recording.recorder import Recorder
 from nvrd.system.tls import TlsService
 
@@ -43,3 +44,4 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 # account's name in POST /accounts).
 AUDIT_TARGET = web.RequestKey("audit_target", str)
 RECORDER = web.AppKey("recorder", Recorder)
+EXPORTS = web.AppKey("exports", ExportService)

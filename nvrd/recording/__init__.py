@@ -8,4 +8,7 @@ index.py     the recordings index on the volume: segments, runs, gaps, reconcili
 retention.py what to delete: per-camera age, then a free-space floor, oldest first
 recorder.py  the service: one supervisor per camera, storage coupling, events
 clock.py     wall and monotonic time, injectable so tests can step the clock
+fmp4.py      a segment's fragments, and the in-place rewrites that join them
+playback.py  clip.mp4 and HLS planned from the index and the boxes, read as sent
+exports.py   export jobs: MKV/MP4 with metadata, AES-256 ZIP, staging, expiry
 """

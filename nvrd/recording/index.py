@@ -192,7 +192,64 @@ class RecordingIndex:
 
         await self.db.run(drop)
 
+    async def split_run(self, run_id: int, at_ms: int) -> None:
+        """Cut a run before `at_ms`: its segments that start earlier move to a new run
+        (keeping the old gap reason), and the run keeps the later part, whose gap
+        before it is now `deleted`. The later part keeps the id, so a camera that is
+        still recording this run goes on extending it."""
+
+        def split(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                run = conn.execute("SELECT * FROM run WHERE id = ?", (run_id,)).fetchone()
+                earlier = conn.execute(
+                    "SELECT count(*) FROM segment WHERE run_id = ? AND start_ms < ?", (run_id, at_ms)
+                ).fetchone()[0]
+                later = conn.execute(
+                    "SELECT count(*) FROM segment WHERE run_id = ? AND start_ms >= ?", (run_id, at_ms)
+                ).fetchone()[0]
+                if run is not None and earlier and later:
+                    new_id = conn.execute(
+                        "INSERT INTO run (camera, start_ms, end_ms, gap_reason) VALUES (?, ?, ?, ?)",
+                        (run["camera"], run["start_ms"], run["start_ms"], run["gap_reason"]),
+                    ).lastrowid
+                    conn.execute(
+                        "UPDATE segment SET run_id = ? WHERE run_id = ? AND start_ms < ?", (new_id, run_id, at_ms)
+                    )
+                    _refresh_run(conn, new_id, run["camera"])
+                    _refresh_run(conn, run_id, run["camera"])
+                    # _refresh_run's guess (the run after the old start) is the new
+                    # run here: set both reasons as they are.
+                    conn.execute("UPDATE run SET gap_reason = ? WHERE id = ?", (run["gap_reason"], new_id))
+                    conn.execute("UPDATE run SET gap_reason = 'deleted' WHERE id = ?", (run_id,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self.db.run(split)
+
     # -- reading ---------------------------------------------------------------
+
+    async def segment(self, segment_id: int) -> SegmentRow | None:
+        def select(conn: sqlite3.Connection) -> SegmentRow | None:
+            row = conn.execute("SELECT * FROM segment WHERE id = ? AND deleting = 0", (segment_id,)).fetchone()
+            return SegmentRow.from_row(row) if row else None
+
+        return await self.db.run(select)
+
+    async def segments_within(self, camera: str, from_ms: int, to_ms: int) -> list[SegmentRow]:
+        """Whole segments inside [from, to]: what a deletion of that range removes."""
+
+        def select(conn: sqlite3.Connection) -> list[SegmentRow]:
+            rows = conn.execute(
+                "SELECT * FROM segment WHERE camera = ? AND start_ms >= ? AND start_ms < ? AND end_ms <= ?"
+                " AND deleting = 0 ORDER BY start_ms",
+                (camera, from_ms, to_ms, to_ms),
+            ).fetchall()
+            return [SegmentRow.from_row(r) for r in rows]
+
+        return await self.db.run(select)
 
     async def last_segment(self, camera: str) -> SegmentRow | None:
         def last(conn: sqlite3.Connection) -> SegmentRow | None:
@@ -302,6 +359,12 @@ class RecordingIndex:
     async def cameras(self) -> list[str]:
         def select(conn: sqlite3.Connection) -> list[str]:
             return [r[0] for r in conn.execute("SELECT DISTINCT camera FROM run")]
+
+        return await self.db.run(select)
+
+    async def has_camera(self, camera: str) -> bool:
+        def select(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM run WHERE camera = ? LIMIT 1", (camera,)).fetchone() is not None
 
         return await self.db.run(select)
 

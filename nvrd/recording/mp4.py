@@ -133,6 +133,13 @@ def _parse_moov(data: bytes, info: Mp4Info) -> None:
                         info.tracks[track_id].default_flags = flags
 
 
+def parse_moov(body: bytes) -> dict[int, Track]:
+    """The tracks a moov's body (without its box header) describes."""
+    info = Mp4Info(bytes=0)
+    _parse_moov(body, info)
+    return info.tracks
+
+
 def _parse_moof(data: bytes, info: Mp4Info) -> None:
     for kind, s, e in _boxes(data):
         if kind != "traf":

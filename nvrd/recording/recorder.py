@@ -33,13 +33,14 @@ from urllib.parse import urlsplit
 from nvrd.bus import Bus
 from nvrd.db import Database
 from nvrd.errors import Conflict, NotFound
-from nvrd.recording import segments
+from nvrd.recording import playback, segments
 from nvrd.recording.cameras import (
     MAX_CAMERAS, Camera, CameraCreate, CameraPatch, CameraStore, apply_patch, from_create,
 )
 from nvrd.recording.clock import Clock
 from nvrd.recording.ffmpeg import COPYABLE_AUDIO, FFMPEG, Exit, FfmpegProcess, classify_exit, record_command
 from nvrd.recording.index import Gap, RecordingIndex, Run, SegmentRow
+from nvrd.recording.mp4 import Mp4Error
 from nvrd.recording.retention import Retention, RetentionSettings, WriteRate
 from nvrd.recording.segments import Layout, Timeline
 from nvrd.storage.volume import TOPIC as VOLUME_TOPIC, VolumeState, VolumeStatus
@@ -82,6 +83,10 @@ class RecorderSettings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     retention_interval_s: float = 60.0
     retention_min_gap_s: float = 1.0
+
+
+# One clip or playlist: 31 days of 30 s segments.
+MAX_CLIP_SEGMENTS = 100_000
 
 
 def stall_limit_s(segment_seconds: int) -> float:
@@ -668,6 +673,78 @@ class Recorder:
 
     async def segments(self, camera: str, from_ms: int, to_ms: int, limit: int) -> list[SegmentRow]:
         return await self._index().segments(camera, from_ms, to_ms, limit)
+
+    async def require_camera(self, camera: str) -> None:
+        """A camera that exists, or whose recordings do (a deleted camera's footage
+        stays until retention removes it); anything else is not found."""
+        if camera not in self.supervisors and not await self._index().has_camera(camera):
+            raise NotFound(f"no camera {camera!r}", field="camera", camera=camera)
+
+    async def clip(self, camera: str, from_ms: int, to_ms: int) -> playback.Clip:
+        """The MP4 plan for [from, to]; NotFound when nothing was recorded in it."""
+        await self.require_camera(camera)
+        index = self._index()
+        assert self.layout is not None
+        rows = await index.segments(camera, from_ms, to_ms, limit=MAX_CLIP_SEGMENTS)
+        _runs, gaps = await self.runs_and_gaps([camera], from_ms, to_ms)
+        gaps = [g for g in gaps if g.end_ms > from_ms and g.start_ms < to_ms]
+        clip = await asyncio.to_thread(playback.plan_clip, self.layout.volume, rows, from_ms, to_ms, gaps)
+        if clip is None:
+            raise NotFound(f"camera {camera!r} recorded nothing between from and to", field="from", camera=camera)
+        return clip
+
+    async def playlist(self, camera: str, from_ms: int, to_ms: int | None) -> str:
+        """HLS over the stored segments; `to` None: live, up to now and growing."""
+        await self.require_camera(camera)
+        rows = await self._index().segments(camera, from_ms, to_ms or 2**62, limit=MAX_CLIP_SEGMENTS)
+        if not rows and to_ms is not None:
+            raise NotFound(f"camera {camera!r} recorded nothing between from and to", field="from", camera=camera)
+        supervisor = self.supervisors.get(camera)
+        target = supervisor.camera.segment_seconds if supervisor else 1
+        return playback.playlist(rows, live=to_ms is None, target_s=target)
+
+    async def stored_segment(self, camera: str, segment_id: int) -> SegmentRow:
+        row = await self._index().segment(segment_id)
+        if row is None or row.camera != camera:
+            raise NotFound(f"no segment {segment_id} of camera {camera!r}", segment=segment_id)
+        return row
+
+    async def hls_segment(self, camera: str, segment_id: int) -> playback.Clip:
+        return await self._from_segment(playback.hls_segment, camera, segment_id)
+
+    async def hls_init(self, camera: str, segment_id: int) -> bytes:
+        return await self._from_segment(playback.hls_init, camera, segment_id)
+
+    async def _from_segment(self, make: Any, camera: str, segment_id: int) -> Any:
+        row = await self.stored_segment(camera, segment_id)
+        assert self.layout is not None
+        try:
+            return await asyncio.to_thread(make, self.layout.volume, row)
+        except (OSError, Mp4Error) as exc:
+            # Removed by retention since the playlist was made, or damaged.
+            raise NotFound(f"segment {segment_id} of camera {camera!r} can't be read: {exc}", segment=segment_id) from None
+
+    async def delete_range(self, camera: str, from_ms: int, to_ms: int) -> list[SegmentRow]:
+        """Delete the whole segments inside [from, to], crash-safe (retention's
+        order). A run cut in the middle becomes two; the gap between says `deleted`."""
+        await self.require_camera(camera)
+        index = self._index()
+        retention = self.retention
+        assert retention is not None
+        rows = await index.segments_within(camera, from_ms, to_ms)
+        if not rows:
+            return []
+        ends: dict[int, int] = {}
+        for row in rows:
+            assert row.run_id is not None
+            ends[row.run_id] = max(ends.get(row.run_id, 0), row.end_ms)
+        for run_id, end_ms in ends.items():
+            # The run's segments after the deleted ones (if any) go on as their own
+            # run, so the hole shows as a gap instead of hiding inside one run.
+            await index.split_run(run_id, end_ms)
+        await retention.delete_chosen(rows)
+        log.info("camera %s: %d segments (%d bytes) deleted on request", camera, len(rows), sum(r.bytes for r in rows))
+        return rows
 
     def status(self) -> dict[str, Any]:
         retention = self.retention

@@ -163,6 +163,12 @@ class Retention:
                     deleted += len(rows)
         return deleted
 
+    async def delete_chosen(self, rows: list[SegmentRow]) -> None:
+        """Delete segments a user chose (DELETE /recordings): the same crash-safe
+        order, never interleaved with retention's own deletes."""
+        async with self._lock:
+            await self.delete(rows)
+
     async def delete(self, rows: list[SegmentRow]) -> None:
         ids = [r.id for r in rows if r.id is not None]
         await self.index.mark_deleting(ids)

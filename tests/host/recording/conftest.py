@@ -45,6 +45,13 @@ RECIPES: dict[str, str] = {
         "-f lavfi -i testsrc2=size=640x360:rate=15,noise=alls=40:allf=t -t 60 -c:v libx264 -preset ultrafast"
         " -b:v 4M -minrate 4M -maxrate 4M -bufsize 1M -g 30 -bf 0"
     ),
+    # Playback tests: ten minutes, GOP 1 s, small frames (made in seconds, not
+    # recorded in real time: tests/host/playback/conftest.py segments it).
+    "h264-aac-600-gop15": (
+        "-f lavfi -i testsrc2=size=320x180:rate=15,noise=alls=8:allf=t"
+        " -f lavfi -i sine=frequency=440:sample_rate=16000 -t 600"
+        " -c:v libx264 -preset ultrafast -b:v 400k -g 15 -bf 0 -c:a aac -b:a 32k"
+    ),
     "h265-aac-30": (
         f"{_BASE} -t 30 -c:v libx265 -preset ultrafast -x265-params log-level=error:keyint=30:bframes=0"
         " -b:v 1M -c:a aac -b:a 32k"
@@ -52,6 +59,7 @@ RECIPES: dict[str, str] = {
 }
 # Derived clips: (source, ffmpeg input options, output options) - copies, cheap.
 DERIVED: dict[str, tuple[str, str, str]] = {
+    "h264-aac-30": ("h264-aac-60", "", "-t 30 -c copy"),
     "h264-aac-180": ("h264-aac-60", "-stream_loop 2", "-c copy"),
     "h264-aac-600": ("h264-aac-60", "-stream_loop 9", "-c copy"),
     "h264-g711-60": ("h264-aac-60", "", "-c:v copy -c:a pcm_mulaw -ar 8000 -ac 1"),

@@ -1,0 +1,330 @@
+"""Exports: a range of one camera's recordings as a file to download, made by a job.
+
+The clip (playback.plan_clip: the stored fragments, stream copy) carries the
+metadata a handed-over file must have (camera, UTC start and end, the recorder's
+serial): an MP4 export is the clip itself with the tags in its moov, written
+directly; an MKV export is the clip fed to ffmpeg, which remuxes it with the tags. With a password the file is
+then put in a ZIP with WinZip AES-256 (pyzipper), which 7-Zip and the usual tools
+open with the password and nothing opens without it.
+
+Files are made in a staging area on the volume (`exports/<id>/`), so they count
+against the volume's free space like recordings do; an export that would not fit
+is refused. They expire (config `[exports] expire_after_hours`). Exports are jobs
+(kind `export`), at most `[exports] max_concurrent` running, the rest queued.
+The list is kept in memory: a restart forgets it and clears the staging area.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pyzipper
+
+from nvrd.errors import Conflict, NotFound
+from nvrd.jobs import Job, JobContext, Jobs, job_summary
+from nvrd.recording.ffmpeg import export_command, run_export
+from nvrd.recording.playback import CHUNK, Clip, iso
+from nvrd.recording.retention import free_bytes
+
+log = logging.getLogger(__name__)
+
+STAGING = "exports"
+JOB_KIND = "export"
+# Left free on the volume beside an export (recording goes on meanwhile).
+HEADROOM_BYTES = 1024**3
+
+
+class ExportFormat(StrEnum):
+    MKV = "mkv"
+    MP4 = "mp4"
+
+
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    expire_after_s: float = 24 * 3600.0
+    sweep_interval_s: float = 60.0
+
+
+@dataclass
+class Export:
+    id: str
+    camera: str
+    camera_name: str
+    from_ms: int
+    to_ms: int
+    format: ExportFormat
+    encrypted: bool
+    created_by: str | None
+    job: Job | None = None
+    path: Path | None = None  # the finished file
+    bytes: int | None = None
+    expires_mono: float | None = None
+    expires: datetime | None = None
+    first_frame_ms: int | None = None
+    last_frame_ms: int | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "camera": self.camera,
+            "camera_name": self.camera_name,
+            "from": _dt(self.from_ms),
+            "to": _dt(self.to_ms),
+            "format": self.format.value,
+            "encrypted": self.encrypted,
+            "created_by": self.created_by,
+            "state": self.job.state.value if self.job else "queued",
+            "job": job_summary(self.job) if self.job else None,
+            "file": f"/api/v1/exports/{self.id}/file" if self.path else None,
+            "filename": self.path.name if self.path else None,
+            "bytes": self.bytes,
+            "expires": self.expires,
+        }
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class ExportService:
+    def __init__(self, recorder: Any, jobs: Jobs, serial: str, settings: ExportSettings) -> None:
+        self.recorder = recorder
+        self.jobs = jobs
+        self.serial = serial
+        self.settings = settings
+        self.exports: dict[str, Export] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        staging = self._staging(must=False)
+        if staging is not None and staging.exists():
+            # What a previous run left: its exports are forgotten with it.
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="exports-expiry")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def _staging(self, must: bool = True) -> Path | None:
+        layout = self.recorder.layout
+        if layout is None or not self.recorder.ready:
+            if must:
+                raise Conflict(f"the volume is not available: {self.recorder.volume_reason}")
+            return None
+        return layout.volume / STAGING
+
+    # -- requests --------------------------------------------------------------
+
+    async def create(
+        self, camera: str, from_ms: int, to_ms: int, fmt: ExportFormat, password: str | None, account: str | None
+    ) -> Export:
+        clip = await self.recorder.clip(camera, from_ms, to_ms)  # NotFound when nothing is in range
+        staging = self._staging()
+        assert staging is not None
+        needed = clip.size * (2 if password else 1) + HEADROOM_BYTES
+        free = await asyncio.to_thread(free_bytes, staging.parent)
+        if free < needed:
+            raise Conflict(f"not enough free space for the export: {needed} bytes needed, {free} free")
+        supervisor = self.recorder.supervisors.get(camera)
+        export = Export(
+            id=secrets.token_hex(8), camera=camera, camera_name=supervisor.camera.name if supervisor else camera,
+            from_ms=from_ms, to_ms=to_ms, format=fmt, encrypted=password is not None, created_by=account,
+            password=password,
+        )
+        self.exports[export.id] = export
+        export.job = self.jobs.submit(JOB_KIND, lambda ctx: self._run(export, ctx), target=export.id)
+        return export
+
+    def list(self) -> list[Export]:
+        self._expire()
+        return sorted(self.exports.values(), key=lambda e: e.job.created if e.job else datetime.min)
+
+    def get(self, export_id: str) -> Export:
+        self._expire()
+        try:
+            return self.exports[export_id]
+        except KeyError:
+            raise NotFound(f"no export {export_id!r}", export=export_id) from None
+
+    def file(self, export_id: str) -> Path:
+        export = self.get(export_id)
+        if export.path is None:
+            state = export.job.state.value if export.job else "queued"
+            raise Conflict(f"export {export_id} is not ready ({state})", export=export_id)
+        return export.path
+
+    async def delete(self, export_id: str) -> None:
+        export = self.get(export_id)
+        del self.exports[export_id]
+        if export.job is not None and not export.job.done:
+            self.jobs.cancel(export.job.id)
+        await self._remove_files(export)
+
+    # -- the job ---------------------------------------------------------------
+
+    async def _run(self, export: Export, ctx: JobContext) -> dict[str, Any]:
+        # Planned again now: a queued export may have waited while retention ran.
+        clip = await self.recorder.clip(export.camera, export.from_ms, export.to_ms)
+        staging = self._staging()
+        assert staging is not None
+        directory = staging / export.id
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        export.first_frame_ms, export.last_frame_ms = clip.start_ms, clip.end_ms
+        stamp = datetime.fromtimestamp(clip.from_ms / 1000, UTC).strftime("%Y%m%dT%H%M%SZ")
+        media = directory / f"{export.camera}-{stamp}.{export.format.value}"
+        metadata = {
+            "title": f"{export.camera_name} {iso(clip.from_ms)} to {iso(export.to_ms)}",
+            "comment": f"camera {export.camera_name} ({export.camera}), {iso(clip.from_ms)} to "
+                       f"{iso(clip.end_ms)} UTC, recorder {self.serial}",
+            "creation_time": iso(clip.start_ms),
+            "camera": export.camera_name,
+            "camera_id": export.camera,
+            "start_utc": iso(clip.from_ms),
+            "end_utc": iso(min(clip.end_ms, export.to_ms)),
+            "first_frame_utc": iso(clip.start_ms),
+            "recorder_serial": self.serial,
+        }
+        loop = asyncio.get_running_loop()
+        # An MKV with a password is written, then encrypted: two halves of the bar.
+        halves = export.password is not None and export.format is ExportFormat.MKV
+        copying = _Progress(ctx, clip.size, 0.0, 0.5 if halves else 1.0, "copying", loop)
+        try:
+            if export.format is ExportFormat.MP4:
+                # The clip is an MP4 already: written as it is, tags in its moov;
+                # no process, the bytes copied once (near `cat` speed); with a
+                # password straight into the ZIP, the plain file never on the disk.
+                tagged = clip.tagged(metadata)
+                if export.password is None:
+                    result = media
+                    await asyncio.to_thread(_write, tagged, media, copying.from_thread)
+                else:
+                    result = media.with_suffix(media.suffix + ".zip")
+                    await asyncio.to_thread(
+                        _encrypt, tagged.read(), media.name, result, export.password, copying.from_thread
+                    )
+            else:
+                await run_export(export_command("matroska", metadata, media), clip.read(), copying)
+                await asyncio.to_thread(_fsync, media)
+                result = media
+                if export.password is not None:
+                    # Matroska is written with seeks (cues, sizes): it can't be
+                    # streamed into the archive, so it is encrypted afterwards.
+                    result = media.with_suffix(media.suffix + ".zip")
+                    size = (await asyncio.to_thread(media.stat)).st_size
+                    encrypting = _Progress(ctx, size, 0.5, 0.5, "encrypting", loop)
+                    await asyncio.to_thread(
+                        _encrypt, _chunks(media), media.name, result, export.password, encrypting.from_thread
+                    )
+                    await asyncio.to_thread(media.unlink)
+            export.password = None  # not kept longer than needed
+        except BaseException:
+            await self._remove_files(export)
+            raise
+        if export.id not in self.exports:  # deleted while it ran
+            await self._remove_files(export)
+            raise NotFound(f"export {export.id} was deleted")
+        export.path = result
+        export.bytes = (await asyncio.to_thread(result.stat)).st_size
+        export.expires_mono = time.monotonic() + self.settings.expire_after_s
+        export.expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=self.settings.expire_after_s)
+        log.info("export %s of camera %s ready: %s (%d bytes)", export.id, export.camera, result.name, export.bytes)
+        return {"export": export.id, "bytes": export.bytes}
+
+    async def _remove_files(self, export: Export) -> None:
+        staging = self._staging(must=False)
+        if staging is not None:
+            await asyncio.to_thread(shutil.rmtree, staging / export.id, True)
+
+    # -- expiry ----------------------------------------------------------------
+
+    def _expire(self) -> list[Export]:
+        now = time.monotonic()
+        gone = [e for e in self.exports.values() if e.expires_mono is not None and e.expires_mono <= now]
+        staging = self._staging(must=False)
+        for export in gone:
+            del self.exports[export.id]
+            if staging is not None:
+                shutil.rmtree(staging / export.id, ignore_errors=True)
+            log.info("export %s expired", export.id)
+        return gone
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            try:
+                await asyncio.to_thread(self._expire)
+            except Exception:  # noqa: BLE001 - expiry keeps going
+                log.exception("export expiry failed")
+
+
+def _write(clip: Clip, target: Path, progress: Callable[[int], None]) -> None:
+    """The clip into `target`, fsynced: an export is handed over, so it must be on
+    the disk when the job says it is done. Runs in a thread."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        clip.write_to(fd, progress)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Progress:
+    """Bytes done of `total` → the job's progress, from `base` over `span`."""
+
+    def __init__(
+        self, ctx: JobContext, total: int, base: float, span: float, message: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.ctx, self.total, self.base, self.span, self.message, self.loop = ctx, max(total, 1), base, span, message, loop
+        self.done = 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.ctx.progress(self.base + self.span * min(self.done / self.total, 1.0), self.message)
+
+    def from_thread(self, n: int) -> None:
+        self.loop.call_soon_threadsafe(self, n)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            yield chunk
+
+
+def _encrypt(chunks: Iterator[bytes], name: str, target: Path, password: str, progress: Callable[[int], None]) -> None:
+    """The chunks as the file `name` in a ZIP at `target`, WinZip AES-256, stored
+    (video doesn't compress), fsynced. Runs in a thread."""
+    with pyzipper.AESZipFile(target, "w", compression=pyzipper.ZIP_STORED, encryption=pyzipper.WZ_AES) as zf:
+        zf.setpassword(password.encode("utf-8"))
+        zf.setencryption(pyzipper.WZ_AES, nbits=256)
+        with zf.open(name, "w", force_zip64=True) as dst:
+            for chunk in chunks:
+                dst.write(chunk)
+                progress(len(chunk))
+    _fsync(target)
