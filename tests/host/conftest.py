@@ -110,13 +110,23 @@ class DaemonProcess:
     def https(self) -> str:
         return f"https://{self.host}:{self.https_port}"
 
+    @property
+    def stderr_path(self) -> Path:
+        return self.config_path.parent / "nvrd.stderr"
+
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nvrd.daemon", "--config", str(self.config_path)],
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **self.env},
-        )
+        # To a file, not a pipe: nobody reads a pipe while the test runs, and a
+        # daemon that fills one (64 KiB of log) blocks on its next log line.
+        with open(self.stderr_path, "a") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nvrd.daemon", "--config", str(self.config_path)],
+                stderr=stderr,
+                text=True,
+                env={**os.environ, **self.env},
+            )
+
+    def stderr_text(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
 
     def setup_admin(self) -> str:
         """Create the first administrator; returns its Basic Authorization value."""

@@ -122,7 +122,7 @@ def test_sighup_reloads_log_levels(daemon_process: DaemonProcess) -> None:
     time.sleep(0.5)
     assert get_json(daemon_process.http + "/api/v1/info")[0] == 200
     assert daemon_process.stop() == 0
-    assert "reload refused" in daemon_process.proc.stderr.read()
+    assert "reload refused" in daemon_process.stderr_text()
 
 
 def test_sd_notify_ready_after_listening_watchdog_and_stopping(
@@ -167,7 +167,7 @@ def test_port_in_use_fails_start_clearly(daemon_process: DaemonProcess) -> None:
         daemon_process.start()
         code = daemon_process.proc.wait(30)
     assert code == 1
-    assert "cannot start" in daemon_process.proc.stderr.read()
+    assert "cannot start" in daemon_process.stderr_text()
 
 
 def test_zero_ports_disable_listeners(daemon_process: DaemonProcess) -> None:
