@@ -92,6 +92,19 @@ class HttpConfig(_Section):
 class ExportsConfig(_Section):
     max_concurrent: Annotated[int, Field(ge=1, le=16)] = 2
     expire_after_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 24.0
+    # Export to USB: removable or USB disks matching these globs (device node or a
+    # udev link, as `[storage] disks`) may be mounted and written; never one of the
+    # `[storage] disks`. Off: no USB disk is ever touched.
+    usb: bool = True
+    usb_disks: list[str] = ["/dev/disk/by-id/usb-*"]
+
+    @field_validator("usb_disks")
+    @classmethod
+    def _absolute_usb_disks(cls, disks: list[str]) -> list[str]:
+        for pattern in disks:
+            if not pattern.startswith("/dev/"):
+                raise ValueError(f"{pattern!r} is not under /dev/")
+        return disks
 
 
 class Config(_Section):

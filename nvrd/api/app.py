@@ -15,7 +15,7 @@ from nvrd.api import (
 from nvrd.api.authstate import Authenticator
 from nvrd.api.keys import (
     ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, EXPORTS, HTTP_SETTINGS, JOBS, LOG_LEVELS, RECORDER,
-    STORAGE, TLS, VOLUME,
+    STORAGE, TLS, USB_EXPORTS, VOLUME,
 )
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
@@ -25,6 +25,7 @@ from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
 from nvrd.recording.exports import JOB_KIND as EXPORT_JOB, ExportService, ExportSettings
 from nvrd.recording.recorder import Recorder
+from nvrd.recording.usb import UsbExports
 from nvrd.storage.manager import ManagedStorage, allowed_candidates
 from nvrd.storage.monitor import StorageMonitor
 from nvrd.storage.volume import DirectoryVolume
@@ -119,6 +120,20 @@ async def _exports(app: web.Application) -> AsyncIterator[None]:
     await service.close()
 
 
+async def _usb_exports(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if not config.exports.usb:
+        yield
+        return
+    usb = UsbExports(
+        app[EXPORTS], app[JOBS], app[BUS], config.exports.usb_disks, config.storage.disks, config.daemon.state_dir
+    )
+    await usb.start()
+    app[USB_EXPORTS] = usb
+    yield
+    await usb.close()
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # SSE handlers wait on the bus; ending the subscriptions lets them return, so
     # shutdown doesn't sit out its timeout on open streams.
@@ -146,7 +161,7 @@ def make_app(
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
     app.cleanup_ctx.extend(
-        [_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume, _recorder, _exports]
+        [_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume, _recorder, _exports, _usb_exports]
     )
     app.on_shutdown.append(_end_event_streams)
     for module in (

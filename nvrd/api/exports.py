@@ -1,5 +1,6 @@
-"""Exports: POST /exports (a job), GET /exports, GET/DELETE /exports/{id}, and the
-file. The export service (nvrd/recording/exports.py) does the work."""
+"""Exports: POST /exports (a job), GET /exports, GET/DELETE /exports/{id}, the
+file, and export to USB (GET /exports/usb, POST /exports/{id}/copy-to-usb). The
+export services (nvrd/recording/exports.py, nvrd/recording/usb.py) do the work."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from nvrd.api.jsonio import read_model, respond
-from nvrd.api.keys import AUDIT, AUDIT_TARGET, EXPORTS, PRINCIPAL
+from nvrd.api.keys import AUDIT, AUDIT_TARGET, EXPORTS, PRINCIPAL, USB_EXPORTS
 from nvrd.api.recordings import MAX_RANGE_MS, parse_time
 from nvrd.api.roles import Role, requires
 from nvrd.audit import Actor
-from nvrd.errors import Invalid
+from nvrd.errors import Conflict, Invalid
+from nvrd.jobs import job_summary
 from nvrd.recording.exports import ExportFormat
+from nvrd.recording.usb import UsbExports
 
 routes = web.RouteTableDef()
 
@@ -53,6 +56,39 @@ async def create_export(request: web.Request) -> web.Response:
 @requires(Role.VIEWER)
 async def list_exports(request: web.Request) -> web.Response:
     return respond([e.summary() for e in request.app[EXPORTS].list()])
+
+
+class CopyToUsbRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # /dev/sda1, a /dev/disk/by-id link, or the disk when it holds one filesystem.
+    device: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+
+
+def _usb(request: web.Request) -> UsbExports:
+    usb = request.app.get(USB_EXPORTS)
+    if usb is None:
+        raise Conflict("export to USB is off ([exports] usb = false)")
+    return usb
+
+
+# Before /exports/{id}, which would take "usb" for an id.
+@routes.get("/api/v1/exports/usb")
+@requires(Role.VIEWER)
+async def list_usb_disks(request: web.Request) -> web.Response:
+    return respond(await _usb(request).list())
+
+
+@routes.post("/api/v1/exports/{id}/copy-to-usb")
+@requires(Role.VIEWER)
+async def copy_export_to_usb(request: web.Request) -> web.Response:
+    body = await read_model(request, CopyToUsbRequest) if request.can_read_body else CopyToUsbRequest()
+    export_id = request.match_info["id"]
+    # Footage leaving the recorder is audited (the middleware records this request).
+    request[AUDIT_TARGET] = f"{export_id} to {body.device or 'the USB disk'}"
+    job, target = await _usb(request).copy(export_id, body.device)
+    request[AUDIT_TARGET] = f"{export_id} to {target.device} (job {job.id})"
+    return respond(job_summary(job), status=202, headers={"Location": f"/api/v1/jobs/{job.id}"})
 
 
 @routes.get("/api/v1/exports/{id}")

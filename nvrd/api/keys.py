@@ -19,6 +19,7 @@ from nvrd.storage.volume import Volume
 from nvrd.system.http import HttpSettingsStore
 from nvrd.recording.exports import ExportService
 from nvrd.recording.recorder import Recorder
+from nvrd.recording.usb import UsbExports
 from nvrd.system.tls import TlsService
 
 CONFIG = web.AppKey("config", Config)
@@ -45,3 +46,5 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 AUDIT_TARGET = web.RequestKey("audit_target", str)
 RECORDER = web.AppKey("recorder", Recorder)
 EXPORTS = web.AppKey("exports", ExportService)
+# Only with `[exports] usb = true`.
+USB_EXPORTS = web.AppKey("usb_exports", UsbExports)

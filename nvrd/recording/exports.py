@@ -205,7 +205,7 @@ class ExportService:
         loop = asyncio.get_running_loop()
         # An MKV with a password is written, then encrypted: two halves of the bar.
         halves = export.password is not None and export.format is ExportFormat.MKV
-        copying = _Progress(ctx, clip.size, 0.0, 0.5 if halves else 1.0, "copying", loop)
+        copying = ByteProgress(ctx, clip.size, 0.0, 0.5 if halves else 1.0, "copying", loop)
         try:
             if export.format is ExportFormat.MP4:
                 # The clip is an MP4 already: written as it is, tags in its moov;
@@ -229,7 +229,7 @@ class ExportService:
                     # streamed into the archive, so it is encrypted afterwards.
                     result = media.with_suffix(media.suffix + ".zip")
                     size = (await asyncio.to_thread(media.stat)).st_size
-                    encrypting = _Progress(ctx, size, 0.5, 0.5, "encrypting", loop)
+                    encrypting = ByteProgress(ctx, size, 0.5, 0.5, "encrypting", loop)
                     await asyncio.to_thread(
                         _encrypt, _chunks(media), media.name, result, export.password, encrypting.from_thread
                     )
@@ -294,7 +294,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-class _Progress:
+class ByteProgress:
     """Bytes done of `total` → the job's progress, from `base` over `span`."""
 
     def __init__(
