@@ -1,8 +1,9 @@
 """Helpers for the vm tier, used inside the virtme-ng guest that tests/vm/run boots.
 
-The guest has four QEMU NVMe disks whose serials tests/vm/run chose. Everything
-here that writes to a disk finds it again by serial first and checks that it is a
-QEMU NVMe disk, so a stale name can never point a wipe at the wrong device.
+The guest has four QEMU NVMe disks whose serials tests/vm/run chose, and one QEMU
+USB stick (usb-storage, serial USB_SERIAL_ENV). Everything here that writes to a
+disk finds it again by serial first and checks that it is a QEMU NVMe disk (or the
+QEMU USB stick), so a stale name can never point a wipe at the wrong device.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ SERIALS_ENV = "NVRD_VM_SERIALS"
 DEFAULT_SERIALS = ("NVRD0000", "NVRD0001", "NVRD0002", "NVRD0003")
 #: What QEMU's emulated NVMe controller reports as its model.
 QEMU_NVME_MODEL = "QEMU NVMe Ctrl"
+USB_SERIAL_ENV = "NVRD_VM_USB_SERIAL"
+DEFAULT_USB_SERIAL = "NVRDUSB0"
+#: What QEMU's usb-storage disk reports as its SCSI model (device/model).
+QEMU_USB_MODEL = "QEMU HARDDISK"
+USB_MODULES = ("xhci_pci", "usb_storage", "vfat", "nls_cp437", "nls_iso8859_1")
 MODULES = ("raid0", "raid1", "raid10", "raid456", "dm_mod", "dm_crypt", "dm_flakey")
 MiB = 1024 * 1024
 #: How much of each end of a disk clean_disks zeroes.
@@ -289,3 +295,103 @@ def release_block_device(node: Path) -> None:
 def load_modules(modules: Sequence[str] = MODULES) -> None:
     run(["modprobe", "-a", *modules])
 
+
+
+class UsbStick:
+    """The test USB stick, found by its USB serial every time it is used: a disk
+    under /sys/block whose udev ID_BUS is usb and ID_SERIAL_SHORT is the serial.
+    After it was unplugged and plugged again its name may differ."""
+
+    def __init__(self, serial: str, sysfs: Path = Path("/sys")) -> None:
+        self.serial = serial
+        self.sysfs_root = sysfs
+
+    def __repr__(self) -> str:
+        return f"UsbStick({self.serial!r})"
+
+    @staticmethod
+    def _properties(name: str) -> dict[str, str]:
+        out = run(["udevadm", "info", "--query=property", f"--name=/dev/{name}"], check=False).stdout.decode()
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    @property
+    def name(self) -> str:
+        found = []
+        for block in sorted((self.sysfs_root / "block").glob("sd*")):
+            props = self._properties(block.name)
+            if props.get("ID_BUS") == "usb" and props.get("ID_SERIAL_SHORT") == self.serial:
+                found.append(block.name)
+        if not found:
+            raise Gone(f"no USB disk with serial {self.serial}")
+        if len(found) > 1:
+            raise AssertionError(f"USB serial {self.serial} is on {found}; expected one disk")
+        return found[0]
+
+    @property
+    def present(self) -> bool:
+        try:
+            self.name
+        except Gone:
+            return False
+        return True
+
+    @property
+    def sysfs(self) -> Path:
+        return self.sysfs_root / "block" / self.name
+
+    @property
+    def dev(self) -> Path:
+        return Path("/dev") / self.name
+
+    @property
+    def size(self) -> int:
+        return int(read_attr(self.sysfs / "size")) * 512
+
+    @property
+    def usb_device(self) -> Path:
+        """The stick's USB device in sysfs (its `authorized` file unplugs it)."""
+        node = (self.sysfs / "device").resolve()
+        while node != node.parent:
+            if (node / "authorized").exists() and (node / "idVendor").exists():
+                return node
+            node = node.parent
+        raise AssertionError(f"{self.dev} has no USB device above it")
+
+    def check_is_test_stick(self) -> None:
+        model = read_attr(self.sysfs / "device" / "model")
+        size = self.size
+        if model != QEMU_USB_MODEL or size > 256 * MiB:
+            raise AssertionError(
+                f"{self.dev} (USB serial {self.serial}) is a {model!r} of {size} bytes, "
+                f"not the {QEMU_USB_MODEL!r} test stick: refusing to touch it"
+            )
+
+    def set_plugged(self, plugged: bool, timeout: float = 60) -> None:
+        """Unplug or plug the stick as the kernel sees it (USB `authorized`), so that
+        udev sends remove or add events for the disk and its partitions."""
+        if plugged:
+            self._unplugged_at.joinpath("authorized").write_text("1\n")
+            wait_for("the USB stick to appear", lambda: self.present, timeout)
+            settle()
+        else:
+            self.check_is_test_stick()
+            self._unplugged_at = self.usb_device
+            self._unplugged_at.joinpath("authorized").write_text("0\n")
+            wait_for("the USB stick to go", lambda: not self.present, timeout)
+            settle()
+
+    _unplugged_at: Path
+
+
+def usb_stick_serial() -> str:
+    return os.environ.get(USB_SERIAL_ENV) or DEFAULT_USB_SERIAL
+
+
+def find_usb_stick(timeout: float = 60) -> UsbStick:
+    """The test stick, with its drivers loaded, checked before anything writes to it."""
+    run(["modprobe", "-a", *USB_MODULES])
+    stick = UsbStick(usb_stick_serial())
+    wait_for(f"the USB stick {stick.serial}", lambda: stick.present, timeout, every=0.5)
+    settle()
+    stick.check_is_test_stick()
+    return stick
