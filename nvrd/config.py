@@ -28,6 +28,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _under_dev(patterns: list[str]) -> list[str]:
+    """Disk globs must name /dev paths (a bare `sd*` would match nothing, silently)."""
+    for pattern in patterns:
+        if not pattern.startswith("/dev/"):
+            raise ValueError(f"{pattern!r} is not under /dev/")
+    return patterns
+
+
 class DaemonConfig(_Section):
     state_dir: Annotated[Path, Field(strict=False)] = Path("/var/lib/nvrd")
 
@@ -71,10 +79,7 @@ class StorageConfig(_Section):
     @field_validator("disks")
     @classmethod
     def _absolute_disks(cls, disks: list[str]) -> list[str]:
-        for pattern in disks:
-            if not pattern.startswith("/dev/"):
-                raise ValueError(f"{pattern!r} is not under /dev/")
-        return disks
+        return _under_dev(disks)
 
 
 class HttpConfig(_Section):
@@ -101,10 +106,7 @@ class ExportsConfig(_Section):
     @field_validator("usb_disks")
     @classmethod
     def _absolute_usb_disks(cls, disks: list[str]) -> list[str]:
-        for pattern in disks:
-            if not pattern.startswith("/dev/"):
-                raise ValueError(f"{pattern!r} is not under /dev/")
-        return disks
+        return _under_dev(disks)
 
 
 class Config(_Section):

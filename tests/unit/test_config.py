@@ -92,3 +92,10 @@ def test_several_errors_are_counted() -> None:
 def test_port_zero_disables() -> None:
     parsed = config.parse("[http]\nhttp_port = 0\n")
     assert parsed.http.http_port == 0
+
+
+def test_usb_export_disks_must_be_under_dev() -> None:
+    assert config.parse("[exports]\nusb = false\n").exports.usb is False
+    assert config.parse("").exports.usb_disks == ["/dev/disk/by-id/usb-*"]
+    with pytest.raises(config.ConfigError, match="exports.usb_disks"):
+        config.parse('[exports]\nusb_disks = ["sd*"]\n')

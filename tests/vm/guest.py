@@ -97,7 +97,29 @@ def wanted_serials() -> tuple[str, ...]:
     return tuple(value.split()) or DEFAULT_SERIALS
 
 
-class Disk:
+class _BlockDevice:
+    """A whole disk found again by `name` (a serial lookup) on every use."""
+
+    sysfs_root: Path
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def sysfs(self) -> Path:
+        return self.sysfs_root / "block" / self.name
+
+    @property
+    def dev(self) -> Path:
+        return Path("/dev") / self.name
+
+    @property
+    def size(self) -> int:
+        return int(read_attr(self.sysfs / "size")) * 512
+
+
+class Disk(_BlockDevice):
     """One test disk, found by its NVMe serial every time it is used."""
 
     def __init__(self, serial: str, qom_id: str, sysfs: Path = Path("/sys")) -> None:
@@ -124,14 +146,6 @@ class Disk:
         return found[0]
 
     @property
-    def sysfs(self) -> Path:
-        return self.sysfs_root / "block" / self.name
-
-    @property
-    def dev(self) -> Path:
-        return Path("/dev") / self.name
-
-    @property
     def model(self) -> str:
         return read_attr(self.sysfs / "device" / "model")
 
@@ -144,10 +158,6 @@ class Disk:
     def pci_device(self) -> Path:
         """The controller's PCI device in sysfs (its `remove` file unplugs it)."""
         return (self.sysfs / "device" / "device").resolve()
-
-    @property
-    def size(self) -> int:
-        return int(read_attr(self.sysfs / "size")) * 512
 
     def nodes(self) -> list[Path]:
         """The disk and its partitions, as sysfs directories."""
@@ -297,7 +307,7 @@ def load_modules(modules: Sequence[str] = MODULES) -> None:
 
 
 
-class UsbStick:
+class UsbStick(_BlockDevice):
     """The test USB stick, found by its USB serial every time it is used: a disk
     under /sys/block whose udev ID_BUS is usb and ID_SERIAL_SHORT is the serial.
     After it was unplugged and plugged again its name may differ."""
@@ -334,18 +344,6 @@ class UsbStick:
         except Gone:
             return False
         return True
-
-    @property
-    def sysfs(self) -> Path:
-        return self.sysfs_root / "block" / self.name
-
-    @property
-    def dev(self) -> Path:
-        return Path("/dev") / self.name
-
-    @property
-    def size(self) -> int:
-        return int(read_attr(self.sysfs / "size")) * 512
 
     @property
     def usb_device(self) -> Path:

@@ -63,14 +63,20 @@ async def api(stick: guest.UsbStick, aiohttp_client, tmp_path: Path):
         http=HttpConfig(listen="127.0.0.1", http_port=0, https_port=0),
         exports=ExportsConfig(usb_disks=[f"/dev/disk/by-id/usb-*_{stick.serial}-*"]),
     )
+    client = await start_api(aiohttp_client, config)
+    yield client
+    await client.close()
+
+
+async def start_api(aiohttp_client, config: Config):
+    """The app under a test client, set up, sending the admin's credentials."""
     client = await aiohttp_client(
         make_app(config, scrypt=ScryptCost(n=16, r=8, p=1)),
         headers={"Authorization": "Basic " + base64.b64encode(b"admin:admin password").decode()},
     )
     response = await client.post("/api/v1/setup", json={"username": "admin", "password": "admin password"})
     assert response.status == 201, await response.text()
-    yield client
-    await client.close()
+    return client
 
 
 def add_export(api, path: Path | None, export_id: str) -> None:
@@ -188,12 +194,9 @@ async def test_a_storage_disk_is_never_a_usb_target(stick: guest.UsbStick, aioht
         daemon=DaemonConfig(state_dir=tmp_path / "state"),
         storage=StorageConfig(mode="directory", directory=tmp_path / "volume",
                               disks=[f"/dev/disk/by-id/usb-*_{stick.serial}-*"]),
+        http=HttpConfig(listen="127.0.0.1", http_port=0, https_port=0),  # no TLS key to make under TCG
         exports=ExportsConfig(usb_disks=["/dev/disk/by-id/usb-*"]),
     )
-    client = await aiohttp_client(
-        make_app(config, scrypt=ScryptCost(n=16, r=8, p=1)),
-        headers={"Authorization": "Basic " + base64.b64encode(b"admin:admin password").decode()},
-    )
-    assert (await client.post("/api/v1/setup", json={"username": "admin", "password": "admin password"})).status == 201
+    client = await start_api(aiohttp_client, config)
     assert await (await client.get("/api/v1/exports/usb")).json() == []
     await client.close()
