@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from nvrd.accounts import AccountsService, ScryptCost
 from nvrd.api import (
     accounts, audit, auth, cameras, certificates, errors, events, jobs, network, recordings,
-    session, setup, storage, system, tokens,
+    session, setup, status, storage, system, tokens,
 )
 from nvrd.api.authstate import Authenticator
+from nvrd.api.clients import EventStreams
 from nvrd.api.keys import (
-    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, HTTP_SETTINGS, JOBS, LOG_LEVELS, RECORDER,
-    STORAGE, TLS, VOLUME,
+    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, EVENT_STREAMS, HEALTH, HTTP_SETTINGS, INDICATORS,
+    JOBS, LOG_LEVELS, RECORDER, STORAGE, TLS, VOLUME,
 )
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
+from nvrd.indicators.backends import make_backend
+from nvrd.indicators.buzzer import Alarm, EvdevBuzzer, find_speaker
+from nvrd.indicators.service import IndicatorService
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
 from nvrd.recording.recorder import Recorder
+from nvrd.storage import disks
+from nvrd.storage.health import HealthWatch
 from nvrd.storage.manager import ManagedStorage, allowed_candidates
 from nvrd.storage.monitor import StorageMonitor
 from nvrd.storage.volume import DirectoryVolume
@@ -109,6 +117,51 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     await recorder.close()
 
 
+async def _health(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    storage = app.get(STORAGE)
+    listing = None
+    if storage is not None:
+        def listing() -> list[Path]:
+            return [d.device for d in disks.inventory(config.storage.disks, slots=config.storage.slots)]
+    watch = HealthWatch(
+        app[BUS], config.health, app[VOLUME].snapshot(), listing,
+        storage.smart if storage is not None else None,
+    )
+    watch.start()
+    app[HEALTH] = watch
+    yield
+    await watch.close()
+
+
+async def _indicators(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].indicators
+    slots = {int(slot): names.by_colour() for slot, names in config.slots.items()}
+    backend = make_backend(config.backend, slots, config.product.by_colour())
+    speaker = find_speaker() if config.buzzer else None
+    # Started before the volume, so the product LED says "starting" while storage
+    # assembles and unlocks; the volume's first snapshot arrives on the bus.
+    def snapshot() -> dict[str, Any] | None:
+        volume = app.get(VOLUME)
+        return volume.snapshot() if volume is not None else None
+
+    service = IndicatorService(
+        app[BUS], backend, Alarm(EvdevBuzzer(speaker) if speaker else None),
+        snapshot, led_slots=slots if config.backend == "sysfs-leds" else (),
+    )
+    await service.start()
+    app[INDICATORS] = service
+    yield
+    await service.close()
+
+
+async def _started(app: web.Application) -> AsyncIterator[None]:
+    # Last of the services: everything before it is up, so the product LED turns
+    # from amber (starting) to what the state says.
+    await app[INDICATORS].mark_started()
+    yield
+
+
 async def _end_event_streams(app: web.Application) -> None:
     # SSE handlers wait on the bus; ending the subscriptions lets them return, so
     # shutdown doesn't sit out its timeout on open streams.
@@ -131,16 +184,20 @@ def make_app(
     )
     app[CONFIG] = config
     app[BUS] = Bus()
+    app[EVENT_STREAMS] = EventStreams()
     if log_levels is None:
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
     app.cleanup_ctx.extend(
-        [_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume, _recorder]
+        [
+            _device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _indicators,
+            _volume, _health, _recorder, _started,
+        ]
     )
     app.on_shutdown.append(_end_event_streams)
     for module in (
-        system, jobs, events, storage, setup, accounts, tokens, session, audit, certificates,
+        system, status, jobs, events, storage, setup, accounts, tokens, session, audit, certificates,
         network, cameras, recordings,
     ):
         app.add_routes(module.routes)

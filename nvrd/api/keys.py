@@ -7,13 +7,16 @@ from aiohttp import web
 
 from nvrd.accounts import AccountsService, Principal
 from nvrd.api.authstate import Authenticator
+from nvrd.api.clients import EventStreams
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
+from nvrd.indicators.service import IndicatorService
 from nvrd.jobs import Jobs
 from nvrd.listeners import Listeners
 from nvrd.logs import LogLevels
+from nvrd.storage.health import HealthWatch
 from nvrd.storage.manager import ManagedStorage
 from nvrd.storage.volume import Volume
 from nvrd.system.http import HttpSettingsStore
@@ -43,3 +46,8 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 # account's name in POST /accounts).
 AUDIT_TARGET = web.RequestKey("audit_target", str)
 RECORDER = web.AppKey("recorder", Recorder)
+# Drive and product LEDs, the buzzer, the product status.
+INDICATORS = web.AppKey("indicators", IndicatorService)
+# Storage alerts and the SMART cadence.
+HEALTH = web.AppKey("health", HealthWatch)
+EVENT_STREAMS = web.AppKey("event_streams", EventStreams)

@@ -1,0 +1,106 @@
+"""The storage health watch: storage alerts from successive snapshots, and SMART on
+a cadence. Part of storage because it reads storage's state and runs smartctl
+(through storage's SmartReader, which serializes runs per disk); indicators and the
+API learn of its findings on the bus like everyone else.
+
+- Every `storage.changed` snapshot is compared with the one before
+  (`alerts.storage_events`); each event found is published and logged.
+- Every `[health] smart_interval_minutes`, each allowed disk's SMART is read with
+  `--nocheck=standby` (a sleeping disk is left asleep and its reading changes
+  nothing), one disk after the other, and `alerts.smart_alerts` turns the change into
+  `disk.alert` events: once per change, never once per reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from nvrd.bus import Bus
+from nvrd.config import HealthConfig
+from nvrd.storage.alerts import Alert, DiskWatch, Limits, smart_alerts, storage_events
+from nvrd.storage.smart import SmartReader, SmartReport
+
+log = logging.getLogger(__name__)
+
+# Bad news is a warning in the system log; the rest is information.
+WARNINGS = frozenset({"raid.degraded", "raid.failed", "disk.removed", "disk.failed", "storage.full", "storage.locked"})
+
+
+def log_alert(topic: str, data: Mapping[str, Any]) -> None:
+    bad = topic in WARNINGS or (topic == "disk.alert" and data.get("active"))
+    detail = " ".join(f"{k}={v}" for k, v in data.items() if k != "message")
+    log.log(logging.WARNING if bad else logging.INFO, "%s %s%s", topic, detail,
+            f": {data['message']}" if data.get("message") else "")
+
+
+class HealthWatch:
+    def __init__(
+        self,
+        bus: Bus,
+        config: HealthConfig,
+        first_snapshot: Mapping[str, Any] | None,
+        disks: Callable[[], Sequence[Path]] | None,
+        smart: SmartReader | None = None,
+    ) -> None:
+        """`disks` lists the allowed disks (blocking; run in a thread); None in
+        directory mode, where there is no SMART to read."""
+        self.bus = bus
+        self.config = config
+        self.limits = Limits(config.temperature_limit_c, config.temperature_hysteresis_c)
+        self.disks = disks
+        self.smart = smart or SmartReader()
+        self.last: Mapping[str, Any] | None = first_snapshot
+        self.watches: dict[str, DiskWatch] = {}
+        self.readings: dict[str, SmartReport] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        subscription = self.bus.subscribe(["storage.changed"])
+        if self.last is not None:
+            self._publish(storage_events(None, self.last))  # standing conditions at start
+        self._tasks.append(asyncio.create_task(self._follow(subscription), name="health-storage"))
+        if self.disks is not None:
+            self._tasks.append(asyncio.create_task(self._smart_loop(), name="health-smart"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _publish(self, alerts: Sequence[Alert]) -> None:
+        for topic, data in alerts:
+            log_alert(topic, data)
+            self.bus.publish(topic, data)
+
+    async def _follow(self, subscription: Any) -> None:
+        async for event in subscription:
+            self._publish(storage_events(self.last, event.data))
+            self.last = event.data
+
+    async def _smart_loop(self) -> None:
+        interval = self.config.smart_interval_minutes * 60
+        while True:
+            try:
+                await self.check_smart()
+            except Exception:
+                log.exception("SMART check failed")
+            await asyncio.sleep(interval)
+
+    async def check_smart(self) -> None:
+        """Read every allowed disk once, one after the other (a sick disk can take
+        a minute; the others wait rather than pile up smartctl runs)."""
+        assert self.disks is not None
+        for device in await asyncio.to_thread(self.disks):
+            report = await self.smart.read(device)
+            name = str(device)
+            self.readings[name] = report
+            state, alerts = smart_alerts(name, self.watches.get(name), report, self.limits)
+            self.watches[name] = state
+            self._publish(alerts)
