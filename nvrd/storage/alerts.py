@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvrd.storage.smart import Health, SmartReport
+from nvrd.storage.smart import BIT_DISK_FAILING, Health, SmartReport
 
 Alert = tuple[str, dict[str, Any]]  # (topic, data)
 
@@ -141,8 +141,10 @@ def smart_alerts(
     if report.standby or (report.health is Health.UNKNOWN and report.temperature_c is None):
         return previous, []
     conditions: dict[str, tuple[Any, str]] = {}
-    if report.health is Health.FAILED and report.reason and "self-assessment failed" in report.reason:
-        conditions["health"] = ("failed", "SMART overall health self-assessment failed")
+    # smartctl's overall verdict ("disk failing", exit bit 3). On NVMe that verdict is
+    # the critical warning itself, reported below as one alert rather than two.
+    if (report.exit_status or 0) & BIT_DISK_FAILING and not report.critical_warning:
+        conditions["health"] = ("failed", "SMART overall-health self-assessment failed")
     for attribute in report.prefail_attributes:
         if attribute.failing_now:
             conditions[f"prefail:{attribute.id}"] = (

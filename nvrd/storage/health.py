@@ -57,6 +57,7 @@ class HealthWatch:
         self.last: Mapping[str, Any] | None = first_snapshot
         self.watches: dict[str, DiskWatch] = {}
         self.readings: dict[str, SmartReport] = {}
+        self.readings_taken = 0  # SMART readings so far (all disks)
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -101,6 +102,7 @@ class HealthWatch:
             report = await self.smart.read(device)
             name = str(device)
             self.readings[name] = report
+            self.readings_taken += 1
             state, alerts = smart_alerts(name, self.watches.get(name), report, self.limits)
             self.watches[name] = state
             self._publish(alerts)
