@@ -16,8 +16,10 @@ DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl 
 # Debian's python3 for python3-gi) is the test camera of `make run` and the host tier.
 DEBS_MEDIA := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+# ledmon: the vm tier runs the real ledctl (the indicators' ledctl backend) where no
+# enclosure exists.
 DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
-	smartmontools e2fsprogs xfsprogs udev
+	smartmontools e2fsprogs xfsprogs udev ledmon
 DEBS_DEB := build-essential debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc
 DEBS_APPLIANCE := mmdebstrap qemu-system-x86 linux-image-amd64 e2fsprogs
 

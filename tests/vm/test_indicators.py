@@ -213,3 +213,19 @@ def _present(disk: guest.Disk) -> bool:
         return disk.dev.exists()
     except guest.Gone:
         return False
+
+
+async def test_real_ledctl_without_an_enclosure_is_unavailable(vm_disks: list[guest.Disk]) -> None:
+    """ledmon's own ledctl (DEBS_VM installs it) on QEMU NVMe: no SES-2, SGPIO, NPEM or
+    VMD controller. The backend says so and runs nothing; nothing raises."""
+    from nvrd.indicators.backends import Ledctl
+    from nvrd.indicators.leds import DriveLed
+
+    backend = Ledctl()
+    if backend.ledctl is None:
+        pytest.fail("ledctl is missing: make deps-vm installs ledmon")
+    await backend.start()
+    assert not backend.available
+    assert backend.problems == ["ledctl finds no enclosure LED controller (SES-2, SGPIO, NPEM, VMD)"]
+    await backend.show_drive(1, str(vm_disks[0].dev), DriveLed.FAILED)
+    assert len(backend.problems) == 1

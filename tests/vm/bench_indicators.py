@@ -1,0 +1,86 @@
+"""Indicator benchmark, run inside the vm-tier guest by `make bench`:
+
+- from a member failing (PCI hot-unplug) to its bay's red LED lit in sysfs
+  (target: under 1 s), with the daemon as its own process and the guest's keyboard
+  LEDs as the bays' LEDs (see test_indicators.py).
+
+Figures are printed; nothing asserts on time. Under TCG every figure is inflated
+several times over real hardware, so they are upper bounds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import guest
+from bench_storage import _connects, _present, call, free_port, until
+from test_indicators import LEDS, by_path, keyboards
+
+FAILURES = 3
+
+
+def lit(name: str) -> bool:
+    return (LEDS / name / "brightness").read_text().strip() != "0"
+
+
+def test_failure_to_red_led(clean_disks: list[guest.Disk], tmp_path: Path) -> None:
+    Path("/proc/sys/dev/raid/speed_limit_min").write_text("500000\n")
+    members = clean_disks[:2]
+    kbds = keyboards()
+    port = free_port()
+    allowed = ", ".join(f'"/dev/disk/by-id/*{d.serial}"' for d in members)
+    slots = "\n".join(f'"{i + 1}" = "{by_path(d)}"' for i, d in enumerate(members))
+    bays = "".join(
+        f'[indicators.slots.{i + 1}]\ngreen = "{k}::numlock"\namber = "{k}::capslock"\nred = "{k}::scrolllock"\n'
+        for i, k in enumerate(kbds)
+    )
+    config = tmp_path / "nvrd.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n[log]\nlevel = "info"\n'
+        f'[storage]\nmode = "managed"\ndisks = [{allowed}]\nauto_replace = false\n'
+        f"[storage.slots]\n{slots}\n"
+        f'[http]\nlisten = "127.0.0.1"\nhttp_port = {port}\nhttps_port = 0\n'
+        f'[indicators]\nbackend = "sysfs-leds"\nbuzzer = false\n{bays}'
+    )
+    log = open(tmp_path / "nvrd.log", "w")
+    daemon = subprocess.Popen([sys.executable, "-m", "nvrd.daemon", "--config", str(config)], stderr=log)
+    to_red: list[float] = []
+    try:
+        until("listening", lambda: daemon.poll() is None and _connects(port), 300)
+        call(port, "POST", "/api/v1/setup", {"username": "admin", "password": "bench password"})
+        job = call(port, "POST", "/api/v1/storage/raid", {"level": 1, "disks": [str(d.dev) for d in members], "confirm": True})
+        until("created", lambda: call(port, "GET", f"/api/v1/jobs/{job['id']}")["state"] == "succeeded")
+        for i in range(FAILURES):
+            slot = i % 2 + 1
+            disk, red = members[slot - 1], f"{kbds[slot - 1]}::scrolllock"
+            until("both green", lambda: all(lit(f"{k}::numlock") and not lit(f"{k}::scrolllock") for k in kbds), 300)
+            time.sleep(1)
+            started = time.monotonic()
+            (disk.pci_device / "remove").write_text("1")
+            while not lit(red):
+                time.sleep(0.001)
+                if time.monotonic() - started > 30:
+                    raise TimeoutError(f"slot {slot} never turned red")
+            to_red.append(time.monotonic() - started)
+            print(f"failure {i + 1} (slot {slot}): red LED after {to_red[-1] * 1000:.0f} ms")
+            Path("/sys/bus/pci/rescan").write_text("1")
+            until("disk back", lambda: _present(disk), 60)
+            guest.settle()
+            md = Path("/dev/md/nvrd").resolve()
+            guest.run(["mdadm", md, "--remove", "failed"], check=False)
+            guest.run(["mdadm", md, "--remove", "detached"], check=False)
+            if guest.run(["mdadm", md, "--re-add", disk.dev], check=False).returncode != 0:
+                guest.run(["mdadm", md, "--add", disk.dev])
+    finally:
+        daemon.terminate()
+        daemon.wait(20)
+        log.close()
+        print((tmp_path / "nvrd.log").read_text()[-3000:])
+        Path("/sys/bus/pci/rescan").write_text("1")
+    print()
+    print("indicators (vm guest, TCG):")
+    print(f"  PCI remove -> bay LED red in sysfs: {', '.join(f'{t * 1000:.0f} ms' for t in to_red)} (target < 1 s)")
+    assert len(to_red) == FAILURES
