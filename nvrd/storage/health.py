@@ -23,6 +23,7 @@ from typing import Any
 from nvrd.bus import Bus
 from nvrd.config import HealthConfig
 from nvrd.storage.alerts import Alert, DiskWatch, Limits, smart_alerts, storage_events
+from nvrd.storage.smart import TIMEOUT_S as SMART_TIMEOUT_S
 from nvrd.storage.smart import SmartReader, SmartReport
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class HealthWatch:
         self.readings: dict[str, SmartReport] = {}
         self.readings_taken = 0  # SMART readings so far (all disks)
         self._tasks: list[asyncio.Task[None]] = []
+        self._smart_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         subscription = self.bus.subscribe(["storage.changed"])
@@ -66,7 +69,7 @@ class HealthWatch:
             self._publish(storage_events(None, self.last))  # standing conditions at start
         self._tasks.append(asyncio.create_task(self._follow(subscription), name="health-storage"))
         if self.disks is not None:
-            self._tasks.append(asyncio.create_task(self._smart_loop(), name="health-smart"))
+            self._smart_task = asyncio.create_task(self._smart_loop(), name="health-smart")
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -74,6 +77,16 @@ class HealthWatch:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._smart_task is not None:
+            # Let a smartctl run finish rather than cancel it: a cancelled run leaves
+            # the process behind, reporting to a loop that is gone.
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._smart_task), SMART_TIMEOUT_S + 5)
+            except TimeoutError:
+                self._smart_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._smart_task
 
     def _publish(self, alerts: Sequence[Alert]) -> None:
         for topic, data in alerts:
@@ -87,18 +100,21 @@ class HealthWatch:
 
     async def _smart_loop(self) -> None:
         interval = self.config.smart_interval_minutes * 60
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.check_smart()
             except Exception:
                 log.exception("SMART check failed")
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
 
     async def check_smart(self) -> None:
         """Read every allowed disk once, one after the other (a sick disk can take
         a minute; the others wait rather than pile up smartctl runs)."""
         assert self.disks is not None
         for device in await asyncio.to_thread(self.disks):
+            if self._stopping.is_set():
+                return
             report = await self.smart.read(device)
             name = str(device)
             self.readings[name] = report

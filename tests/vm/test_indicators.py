@@ -75,7 +75,7 @@ def by_path(disk: guest.Disk) -> str:
     raise AssertionError(f"no by-path link for {disk}")
 
 
-def config(tmp_path: Path, disks: list[guest.Disk], leds: dict[str, LedNames]) -> Config:
+def config(tmp_path: Path, disks: list[guest.Disk], leds: dict[str, LedNames], smart_minutes: float = 10) -> Config:
     return Config(
         daemon=DaemonConfig(state_dir=tmp_path / "state"),
         storage=StorageConfig(
@@ -85,8 +85,7 @@ def config(tmp_path: Path, disks: list[guest.Disk], leds: dict[str, LedNames]) -
         ),
         http=HttpConfig(listen="127.0.0.1", http_port=0, https_port=0),
         indicators=IndicatorsConfig(backend="sysfs-leds", slots=leds, buzzer=True),
-        # Every 3 s, so the SMART test sees several readings in seconds.
-        health=HealthConfig(smart_interval_minutes=0.05),
+        health=HealthConfig(smart_interval_minutes=smart_minutes),
     )
 
 
@@ -185,7 +184,8 @@ async def test_nvme_critical_warning_raises_disk_alert_once(vm_disks: list[guest
     if not (QMP_DIR / "ready").exists():
         pytest.skip("no QMP relay on the host")
     warned = vm_disks[1]
-    api = await client_for(aiohttp_client, config(tmp_path, vm_disks[:2], {}))
+    # SMART every 3 s, so the test sees several readings in seconds.
+    api = await client_for(aiohttp_client, config(tmp_path, vm_disks[:2], {}, smart_minutes=0.05))
     subscription = api.app[BUS].subscribe(["disk.alert"])
     try:
         set_critical_warning(warned, 0x04)
