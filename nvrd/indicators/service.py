@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from nvrd.bus import Bus
+from nvrd.bus import Bus, Event, Overrun
 from nvrd.errors import NotFound
 from nvrd.indicators.backends import LedBackend
 from nvrd.indicators.buzzer import Alarm
@@ -82,20 +82,32 @@ class IndicatorService:
         await self.alarm.close()
 
     async def _follow(self, subscription: Any) -> None:
-        async for event in subscription:
+        while True:
             try:
-                if event.topic == "storage.changed":
-                    await self._take(event.data)
-                elif event.topic == "volume.changed":
-                    if (self.snapshot or {}).get("mode") != "managed":
-                        await self._take(self._read_snapshot())
-                else:  # raid.failed, disk.failed
-                    slot = event.data.get("slot")
-                    what = "the RAID has failed" if event.topic == "raid.failed" else (
-                        f"the drive in slot {slot} has failed" if slot else "a drive has failed")
-                    self.alarm.raise_(what)
-            except Exception:
-                log.exception("indicators: applying %s failed", event.topic)
+                async for event in subscription:
+                    await self._handle(event)
+                return  # the bus closed: the daemon is stopping
+            except Overrun:
+                # Fell behind (a stuck backend): start over from the state now.
+                log.warning("indicators: fell behind the bus; re-reading the storage state")
+                subscription = self.bus.subscribe(TOPICS)
+                await self._take(self._read_snapshot())
+
+    async def _handle(self, event: Event) -> None:
+        try:
+            if event.topic == "storage.changed":
+                await self._take(event.data)
+            elif event.topic == "volume.changed":
+                if (self.snapshot or {}).get("mode") != "managed":
+                    await self._take(self._read_snapshot())
+            else:  # raid.failed, disk.failed
+                slot = event.data.get("slot")
+                if event.topic == "raid.failed":
+                    self.alarm.raise_("the RAID has failed")
+                else:
+                    self.alarm.raise_(f"the drive in slot {slot} has failed" if slot else "a drive has failed")
+        except Exception:
+            log.exception("indicators: applying %s failed", event.topic)
 
     async def _take(self, snapshot: Mapping[str, Any] | None) -> None:
         if snapshot is None:  # no volume yet (start-up)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nvrd.bus import Bus
+from nvrd.bus import Bus, Overrun
 from nvrd.config import HealthConfig
 from nvrd.storage.alerts import Alert, DiskWatch, Limits, smart_alerts, storage_events
 from nvrd.storage.smart import TIMEOUT_S as SMART_TIMEOUT_S
@@ -94,9 +94,17 @@ class HealthWatch:
             self.bus.publish(topic, data)
 
     async def _follow(self, subscription: Any) -> None:
-        async for event in subscription:
-            self._publish(storage_events(self.last, event.data))
-            self.last = event.data
+        while True:
+            try:
+                async for event in subscription:
+                    self._publish(storage_events(self.last, event.data))
+                    self.last = event.data
+                return  # the bus closed: the daemon is stopping
+            except Overrun:
+                # Events between are lost; the next snapshot is compared with the
+                # last one seen, so a lasting change is still reported once.
+                log.warning("health: fell behind the bus")
+                subscription = self.bus.subscribe(["storage.changed"])
 
     async def _smart_loop(self) -> None:
         interval = self.config.smart_interval_minutes * 60

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import guest
-from bench_storage import _connects, _present, call, free_port, until
+from bench_storage import _connects, call, free_port, put_back, until
 from test_indicators import LEDS, by_path, keyboards
 
 FAILURES = 3
@@ -66,14 +66,7 @@ def test_failure_to_red_led(clean_disks: list[guest.Disk], tmp_path: Path) -> No
                     raise TimeoutError(f"slot {slot} never turned red")
             to_red.append(time.monotonic() - started)
             print(f"failure {i + 1} (slot {slot}): red LED after {to_red[-1] * 1000:.0f} ms")
-            Path("/sys/bus/pci/rescan").write_text("1")
-            until("disk back", lambda: _present(disk), 60)
-            guest.settle()
-            md = Path("/dev/md/nvrd").resolve()
-            guest.run(["mdadm", md, "--remove", "failed"], check=False)
-            guest.run(["mdadm", md, "--remove", "detached"], check=False)
-            if guest.run(["mdadm", md, "--re-add", disk.dev], check=False).returncode != 0:
-                guest.run(["mdadm", md, "--add", disk.dev])
+            put_back(disk)
     finally:
         daemon.terminate()
         daemon.wait(20)
