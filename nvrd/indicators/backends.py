@@ -230,14 +230,18 @@ def ledctl_argv(led: DriveLed, device: str, ledctl: str = "ledctl") -> list[str]
 class Ledctl:
     """`backend = "ledctl"`. Available when ledctl is installed and lists at least
     one LED controller (`ledctl --list-controllers`); otherwise every call is a no-op
-    and `problems` says why."""
+    and `problems` says why. A disk that is not behind a listed controller (its
+    sysfs path is not below one, which is how ledmon itself matches them) is not
+    sent to ledctl either: a machine may have an SGPIO-capable AHCI controller and
+    its data disks on NVMe."""
 
     name = "ledctl"
 
-    def __init__(self, ledctl: str | None = None) -> None:
+    def __init__(self, ledctl: str | None = None, sysfs: Path = Path("/sys")) -> None:
         self.ledctl = ledctl or shutil.which("ledctl") or shutil.which("ledctl", path="/usr/sbin:/sbin")
+        self.sysfs = sysfs
         self.problems: list[str] = []
-        self.controllers: list[str] = []
+        self.controllers: list[Path] = []
 
     @property
     def available(self) -> bool:
@@ -252,9 +256,19 @@ class Ledctl:
         except tools.CommandFailed as exc:
             self._problem(f"ledctl cannot list controllers: {exc}")
             return
-        self.controllers = [line.strip() for line in listing.splitlines() if line.strip()]
+        # One controller a line, its sysfs path first (ledmon 0.95).
+        for line in listing.splitlines():
+            words = line.split()
+            if words and words[0].startswith("/sys/"):
+                self.controllers.append(self.sysfs / words[0].removeprefix("/sys/"))
         if not self.controllers:
             self._problem("ledctl finds no enclosure LED controller (SES-2, SGPIO, NPEM, VMD)")
+        else:
+            log.info("ledctl controllers: %s", ", ".join(map(str, self.controllers)))
+
+    def behind_controller(self, device: str) -> bool:
+        block = (self.sysfs / "block" / Path(device).name).resolve()
+        return any(block.is_relative_to(controller) for controller in self.controllers)
 
     def _problem(self, text: str) -> None:
         if text not in self.problems:
@@ -263,6 +277,9 @@ class Ledctl:
 
     async def show_drive(self, slot: int, device: str | None, led: DriveLed) -> None:
         if not self.available or device is None or self.ledctl is None:
+            return
+        if not self.behind_controller(device):
+            self._problem(f"slot {slot}: {device} is behind no LED controller ledctl knows")
             return
         argv = ledctl_argv(led, device, self.ledctl)
         try:

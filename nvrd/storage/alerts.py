@@ -92,8 +92,12 @@ def storage_events(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
         if raid_now.get("status") == "failed" and not failed_then:
             events.append(("raid.failed", summary))
         elif _lacking(raid_now) and not _lacking(raid_then) and raid_now.get("status") != "failed":
-            missing = [d["role"] for d in raid_now["devices"] if d["status"] in ("missing", "faulty")]
-            events.append(("raid.degraded", {**summary, "roles": missing}))
+            devices = raid_now["devices"]
+            events.append(("raid.degraded", {
+                **summary,
+                "missing_roles": [d["role"] for d in devices if d["status"] == "missing"],
+                "faulty": [d["device"] for d in devices if d["status"] == "faulty"],
+            }))
 
         progress = raid_now.get("sync_progress")
         if _rebuilding(raid_now) and not _rebuilding(raid_then):

@@ -148,14 +148,23 @@ async def test_ledctl_not_installed(tmp_path: Path) -> None:
     assert not backend.available and "cannot list controllers" in backend.problems[0]
 
 
-async def test_ledctl_with_a_controller_runs_the_pattern(tmp_path: Path) -> None:
-    script, log = fake_ledctl(tmp_path, "/sys/devices/pci0000:00/0000:00:17.0\\n")
-    backend = Ledctl(str(script))
+async def test_ledctl_with_a_controller_runs_the_pattern_for_disks_behind_it(tmp_path: Path) -> None:
+    sysfs = tmp_path / "sys"
+    controller = sysfs / "devices/pci0000:00/0000:00:17.0"
+    (controller / "ata1/host0/target0:0:0/0:0:0:0/block/sda").mkdir(parents=True)
+    (sysfs / "devices/pci0000:00/0000:00:1d.0/nvme/nvme0/nvme0n1").mkdir(parents=True)
+    (sysfs / "block").mkdir()
+    (sysfs / "block/sda").symlink_to(controller / "ata1/host0/target0:0:0/0:0:0:0/block/sda")
+    (sysfs / "block/nvme0n1").symlink_to(sysfs / "devices/pci0000:00/0000:00:1d.0/nvme/nvme0/nvme0n1")
+    script, log = fake_ledctl(tmp_path, "/sys/devices/pci0000:00/0000:00:17.0 (AHCI)\\n")
+    backend = Ledctl(str(script), sysfs=sysfs)
     await backend.start()
-    assert backend.available
+    assert backend.available and backend.controllers == [controller]
     await backend.show_drive(1, "/dev/sda", DriveLed.SYNCING)
     await backend.show_drive(2, None, DriveLed.FAILED)  # an empty bay: ledctl cannot address it
+    await backend.show_drive(3, "/dev/nvme0n1", DriveLed.FAILED)  # not behind that controller
     assert log.read_text().splitlines() == ["--list-controllers", "--listed-only rebuild=/dev/sda"]
+    assert backend.problems == ["slot 3: /dev/nvme0n1 is behind no LED controller ledctl knows"]
 
 
 # --- the buzzer -----------------------------------------------------------------------

@@ -43,7 +43,7 @@ def test_a_pulled_member() -> None:
     events = storage_events(snap(), faulty)
     assert events == [
         ("disk.failed", {"device": "/dev/a", "slot": 1, "level": 1, "status": "degraded"}),
-        ("raid.degraded", {"level": 1, "status": "degraded", "roles": [0]}),
+        ("raid.degraded", {"level": 1, "status": "degraded", "missing_roles": [], "faulty": ["/dev/a"]}),
     ]
     gone = snap("degraded", [(None, "missing"), ("/dev/b", "online")], slots={1: None, 2: "/dev/b"})
     assert storage_events(faulty, gone) == [("disk.removed", {"device": "/dev/a", "slot": 1})]
