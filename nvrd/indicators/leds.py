@@ -7,9 +7,10 @@ broken; all red = the RAID has failed, nothing records; off = no drive.
 
 `drive_leds(snapshot, pulled)` gives each slot its state. `pulled` is the one thing
 the snapshot cannot say: which slots held an array member whose disk has since been
-pulled (the disk, and so its slot, is gone from the kernel). `remember_pulled()`
-carries that from one snapshot to the next, so that slot stays red until a disk is
-put in it. Both are pure, so the whole table is unit-tested.
+pulled (the disk, and so its slot, is gone from the kernel). `remember_members()`
+carries where each member was seen from one snapshot to the next and
+`pulled_slots()` reads the pulled slots from it, so such a slot stays red until a
+disk is put in it. All are pure, so the whole table is unit-tested.
 """
 
 from __future__ import annotations
@@ -60,22 +61,39 @@ def slot_members(snapshot: Mapping[str, Any]) -> dict[int, str | None]:
     }
 
 
-def remember_pulled(previous: frozenset[int], before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> frozenset[int]:
-    """The slots to keep red: those whose member disk was pulled, until a disk is in
-    the slot again or the array no longer lacks a member (rebuilt elsewhere, or
-    made anew)."""
-    now = slot_members(after)
-    raid = after.get("raid")
-    lacking = raid is not None and any(d["status"] in ("missing", "faulty") for d in raid.get("devices", []))
-    if raid is not None and raid.get("status") == "failed":
-        lacking = True
-    if not lacking:
-        return frozenset()
-    kept = {slot for slot in previous if now.get(slot) is None}
-    if before is not None:
-        then = slot_members(before)
-        kept |= {slot for slot, status in then.items() if status in _MEMBER and now.get(slot) is None}
-    return frozenset(kept)
+def _present(snapshot: Mapping[str, Any]) -> dict[str, int]:
+    return {s["device"]: int(s["slot"]) for s in snapshot.get("slots", []) if s.get("device")}
+
+
+def _lacking(raid: Mapping[str, Any] | None) -> bool:
+    if raid is None:
+        return False
+    return raid.get("status") == "failed" or any(d["status"] in ("missing", "faulty") for d in raid.get("devices", []))
+
+
+def remember_members(memory: Mapping[str, int], snapshot: Mapping[str, Any]) -> dict[str, int]:
+    """Array member device → the slot it was last seen in. A member whose disk is
+    gone stays remembered while the array still lists it or lacks a member: the disk
+    may leave its slot (udev) seconds before md notices (at the next I/O), and
+    then md drops it from the list. Forgotten once the array lacks nothing and no
+    longer lists it (rebuilt onto another disk, or made anew)."""
+    raid = snapshot.get("raid")
+    if raid is None:
+        return {}
+    listed = {d["device"] for d in raid.get("devices", []) if d.get("device")}
+    present = _present(snapshot)
+    keep_gone = _lacking(raid)
+    kept = {device: slot for device, slot in memory.items()
+            if device not in present and (keep_gone or device in listed)}
+    return {**kept, **{device: slot for device, slot in present.items() if device in listed}}
+
+
+def pulled_slots(memory: Mapping[str, int], snapshot: Mapping[str, Any]) -> frozenset[int]:
+    """The slots to show red although empty: a member's disk left them, and no disk
+    has been put in since."""
+    present = _present(snapshot)
+    occupied = set(present.values())
+    return frozenset(slot for device, slot in memory.items() if device not in present and slot not in occupied)
 
 
 def drive_leds(snapshot: Mapping[str, Any], pulled: frozenset[int] = frozenset()) -> dict[int, DriveLed]:

@@ -19,7 +19,8 @@ from nvrd.errors import NotFound
 from nvrd.indicators.backends import LedBackend
 from nvrd.indicators.buzzer import Alarm
 from nvrd.indicators.leds import (
-    DriveLed, ProductLed, ProductState, drive_leds, product_led, product_status, remember_pulled,
+    DriveLed, ProductLed, ProductState, drive_leds, product_led, product_status, pulled_slots,
+    remember_members,
 )
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class IndicatorService:
         self._read_snapshot = snapshot
         self.led_slots = frozenset(led_slots)
         self.snapshot: Mapping[str, Any] | None = None
+        self.members: dict[str, int] = {}  # member device → the slot it was last seen in
         self.pulled: frozenset[int] = frozenset()
         self.started = False
         self.leds: dict[int, DriveLed] = {}  # what each slot shows now
@@ -113,7 +115,8 @@ class IndicatorService:
         if snapshot is None:  # no volume yet (start-up)
             await self._apply()
             return
-        self.pulled = remember_pulled(self.pulled, self.snapshot, snapshot)
+        self.members = remember_members(self.members, snapshot)
+        self.pulled = pulled_slots(self.members, snapshot)
         self.snapshot = snapshot
         raid = snapshot.get("raid")
         if self.alarm.reason and raid is not None and raid.get("status") == "online":

@@ -57,6 +57,10 @@ class HealthWatch:
         self.smart = smart or SmartReader()
         self.last: Mapping[str, Any] | None = first_snapshot
         self.watches: dict[str, DiskWatch] = {}
+        # Device → the slot it was last seen in, for events about a disk already gone.
+        self.slot_of: dict[str, int] = {
+            row["device"]: row["slot"] for row in (first_snapshot or {}).get("slots", []) if row.get("device")
+        }
         self.readings: dict[str, SmartReport] = {}
         self.readings_taken = 0  # SMART readings so far (all disks)
         self._tasks: list[asyncio.Task[None]] = []
@@ -97,14 +101,26 @@ class HealthWatch:
         while True:
             try:
                 async for event in subscription:
-                    self._publish(storage_events(self.last, event.data))
+                    self._publish(self._with_slots(storage_events(self.last, event.data)))
                     self.last = event.data
+                    self.slot_of.update(
+                        {row["device"]: row["slot"] for row in event.data.get("slots", []) if row.get("device")}
+                    )
                 return  # the bus closed: the daemon is stopping
             except Overrun:
                 # Events between are lost; the next snapshot is compared with the
                 # last one seen, so a lasting change is still reported once.
                 log.warning("health: fell behind the bus")
                 subscription = self.bus.subscribe(["storage.changed"])
+
+    def _with_slots(self, alerts: Sequence[Alert]) -> list[Alert]:
+        """A disk that left its slot before md noticed it failing has no slot in the
+        snapshots the failure is seen between: name the slot it was last seen in."""
+        return [
+            (topic, {**data, "slot": self.slot_of.get(data["device"])})
+            if data.get("slot") is None and "slot" in data and data.get("device") else (topic, data)
+            for topic, data in alerts
+        ]
 
     async def _smart_loop(self) -> None:
         interval = self.config.smart_interval_minutes * 60

@@ -124,3 +124,17 @@ async def test_smart_rounds_alert_once() -> None:
     assert [(a["device"], a["key"], a["active"]) for a in found] == [
         ("/dev/a", "critical_warning", True), ("/dev/a", "critical_warning", False)]
     assert watch.readings_taken == 8
+
+
+async def test_a_disk_gone_before_md_noticed_is_named_with_its_slot() -> None:
+    bus = Bus()
+    watch = HealthWatch(bus, HealthConfig(), HEALTHY, disks=None)
+    watch.start()
+    events = bus.subscribe(["disk.failed"])
+    unnoticed = snap([("/dev/a", "online"), ("/dev/b", "online")], "online", {1: None, 2: "/dev/b"})
+    bus.publish("storage.changed", unnoticed)
+    bus.publish("storage.changed", PULLED)
+    await settle()
+    failed = await events.get()
+    assert failed.data["device"] == "/dev/a" and failed.data["slot"] == 1
+    await watch.close()

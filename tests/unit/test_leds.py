@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from nvrd.indicators.leds import (
-    DriveLed, ProductLed, ProductState, drive_leds, product_led, product_status, remember_pulled,
+    DriveLed, ProductLed, ProductState, drive_leds, product_led, product_status, pulled_slots,
+    remember_members,
 )
 from nvrd.storage.md import raid_status
 
@@ -79,38 +80,54 @@ def test_no_array_leaves_every_led_off() -> None:
     assert drive_leds(state) == {1: O}
 
 
+def follow(*snapshots: dict[str, Any]) -> list[dict[int, DriveLed]]:
+    """The LEDs after each snapshot in turn, as the indicator service computes them."""
+    memory: dict[str, int] = {}
+    shown = []
+    for state in snapshots:
+        memory = remember_members(memory, state)
+        shown.append(drive_leds(state, pulled_slots(memory, state)))
+    return shown
+
+
 def test_a_pulled_member_slot_stays_red_until_a_disk_is_inserted() -> None:
     healthy = snapshot(1, ["online", "online", "online"])
     pulled = snapshot(1, ["missing", "online", "online"])
-    pulled["raid"]["status"] = "degraded"
-    remembered = remember_pulled(frozenset(), healthy, pulled)
-    assert remembered == {1}
-    assert drive_leds(pulled, remembered) == {1: R, 2: A, 3: A}
-    # Later snapshots (a sync tick, say) keep it.
-    remembered = remember_pulled(remembered, pulled, pulled)
-    assert drive_leds(pulled, remembered)[1] is R
-    # A blank disk goes in: not yet a member, the slot is no longer red.
     inserted = snapshot(1, ["missing", "online", "online"])
-    inserted["slots"][0]["device"] = "/dev/new"
-    remembered = remember_pulled(remembered, pulled, inserted)
-    assert remembered == frozenset()
-    assert drive_leds(inserted, remembered)[1] is O
-    # It joins and rebuilds: blinks with the others; then all green.
+    inserted["slots"][0]["device"] = "/dev/new"  # a blank disk: in no array yet
     rebuilding = snapshot(1, ["rebuilding", "online", "online"])
-    assert drive_leds(rebuilding, remember_pulled(remembered, inserted, rebuilding)) == {1: B, 2: B, 3: B}
+    rebuilding["raid"]["devices"][0]["device"] = rebuilding["slots"][0]["device"] = "/dev/new"
+    assert follow(healthy, pulled, pulled, inserted, rebuilding) == [
+        {1: G, 2: G, 3: G},
+        {1: R, 2: A, 3: A},
+        {1: R, 2: A, 3: A},  # later snapshots (a sync tick, say) keep it
+        {1: O, 2: A, 3: A},  # a disk is in: no longer red
+        {1: B, 2: B, 3: B},  # it joins and rebuilds
+    ]
 
 
 def test_a_faulty_member_pulled_keeps_its_slot_red() -> None:
     faulty = snapshot(5, ["faulty", "online", "online"])
     gone = snapshot(5, ["missing", "online", "online"])
-    remembered = remember_pulled(frozenset(), faulty, gone)
-    assert drive_leds(gone, remembered) == {1: R, 2: A, 3: A}
+    assert follow(faulty, gone)[-1] == {1: R, 2: A, 3: A}
+
+
+def test_a_disk_pulled_before_md_notices_is_red_at_once_and_stays_red() -> None:
+    # udev reports the disk gone while md still lists it in sync (md notices at its
+    # next I/O, seconds later), then md drops it.
+    healthy = snapshot(1, ["online", "online"])
+    unnoticed = snapshot(1, ["online", "online"])
+    unnoticed["slots"][1]["device"] = None
+    noticed = snapshot(1, ["online", "missing"])
+    assert follow(healthy, unnoticed, noticed) == [{1: G, 2: G}, {1: G, 2: R}, {1: A, 2: R}]
 
 
 def test_the_memory_ends_when_the_array_lacks_nothing() -> None:
     pulled = snapshot(1, ["missing", "online", "online"])
     healthy = snapshot(1, ["online", "online"])  # made anew on two disks
-    assert remember_pulled(frozenset({1}), pulled, healthy) == frozenset()
+    healthy["slots"] = [{"slot": 2, "device": "/dev/d0"}, {"slot": 3, "device": "/dev/d1"}, {"slot": 1, "device": None}]
+    memory = remember_members(remember_members({"/dev/d9": 1}, pulled), healthy)
+    assert pulled_slots(memory, healthy) == frozenset()
 
 
 @pytest.mark.parametrize(
