@@ -120,12 +120,14 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
 async def _health(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     storage = app.get(STORAGE)
-    listing = None
-    if storage is not None:
-        def listing() -> list[Path]:
-            return [d.device for d in disks.inventory(config.storage.disks, slots=config.storage.slots)]
+
+    def allowed_disks() -> list[Path]:
+        return [d.device for d in disks.inventory(config.storage.disks, slots=config.storage.slots)]
+
+    # SMART only in managed mode, through storage's reader (one smartctl per disk at a time).
     watch = HealthWatch(
-        app[BUS], config.health, app[VOLUME].snapshot(), listing,
+        app[BUS], config.health, app[VOLUME].snapshot(),
+        allowed_disks if storage is not None else None,
         storage.smart if storage is not None else None,
     )
     watch.start()
