@@ -63,7 +63,7 @@ class HealthWatch:
         }
         self.readings: dict[str, SmartReport] = {}
         self.readings_taken = 0  # SMART readings so far (all disks)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._follow_task: asyncio.Task[None] | None = None
         self._smart_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -71,16 +71,15 @@ class HealthWatch:
         subscription = self.bus.subscribe(["storage.changed"])
         if self.last is not None:
             self._publish(storage_events(None, self.last))  # standing conditions at start
-        self._tasks.append(asyncio.create_task(self._follow(subscription), name="health-storage"))
+        self._follow_task = asyncio.create_task(self._follow(subscription), name="health-storage")
         if self.disks is not None:
             self._smart_task = asyncio.create_task(self._smart_loop(), name="health-smart")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+        if self._follow_task is not None:
+            self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._follow_task
         if self._smart_task is not None:
             # Let a smartctl run finish rather than cancel it: a cancelled run leaves
             # the process behind, reporting to a loop that is gone.
