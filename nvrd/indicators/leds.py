@@ -103,26 +103,25 @@ def drive_leds(snapshot: Mapping[str, Any], pulled: frozenset[int] = frozenset()
     status = raid.get("status") if raid else None
     leds: dict[int, DriveLed] = {}
     for slot, member in members.items():
-        if member is None:
+        if status == "failed" and (member is not None or slot in pulled):
+            # All red: every bay that holds a disk or held a member, whatever is in it.
+            leds[slot] = DriveLed.ARRAY_FAILED
+        elif member is None:
             leds[slot] = DriveLed.FAILED if slot in pulled else DriveLed.OFF
         elif member == "unused" or status is None:
             leds[slot] = DriveLed.OFF
-        elif status == "failed":
-            leds[slot] = DriveLed.ARRAY_FAILED
         elif member == "faulty":
             leds[slot] = DriveLed.FAILED
         elif member == "spare":
             leds[slot] = DriveLed.SPARE
         elif member == "rebuilding" or status == "syncing":
             leds[slot] = DriveLed.SYNCING
-        elif status == "degraded":
+        elif status == "degraded" or pulled:
+            # A member's disk is gone even if md has not noticed yet (it does at its
+            # next I/O): this one is the redundancy left.
             leds[slot] = DriveLed.DEGRADED
         else:
             leds[slot] = DriveLed.ONLINE
-    if status == "failed":
-        # All red: every bay that holds a disk or held a member, whatever is in it.
-        leds = {slot: DriveLed.ARRAY_FAILED if (members[slot] is not None or slot in pulled) else led
-                for slot, led in leds.items()}
     return leds
 
 

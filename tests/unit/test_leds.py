@@ -119,7 +119,7 @@ def test_a_disk_pulled_before_md_notices_is_red_at_once_and_stays_red() -> None:
     unnoticed = snapshot(1, ["online", "online"])
     unnoticed["slots"][1]["device"] = None
     noticed = snapshot(1, ["online", "missing"])
-    assert follow(healthy, unnoticed, noticed) == [{1: G, 2: G}, {1: G, 2: R}, {1: A, 2: R}]
+    assert follow(healthy, unnoticed, noticed) == [{1: G, 2: G}, {1: A, 2: R}, {1: A, 2: R}]
 
 
 def test_the_memory_ends_when_the_array_lacks_nothing() -> None:
