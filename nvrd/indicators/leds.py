@@ -125,11 +125,14 @@ def drive_leds(snapshot: Mapping[str, Any], pulled: frozenset[int] = frozenset()
     return leds
 
 
-def product_status(started: bool, snapshot: Mapping[str, Any] | None) -> tuple[ProductState, str | None]:
+def product_status(
+    started: bool, snapshot: Mapping[str, Any] | None, pulled: frozenset[int] = frozenset()
+) -> tuple[ProductState, str | None]:
     """What "OK" means (docs/design/indicators.md): the daemon has started, the
     volume is ready (mounted, writable: recording can write), and the RAID, if any,
-    is online with every member in sync. Ready without redundancy (degraded or
-    syncing) is `degraded`; a volume that cannot be written is `failed`."""
+    is online with every member in sync and no member's disk gone (`pulled`, which
+    md may not have noticed yet). Ready without redundancy is `degraded`; a volume
+    that cannot be written is `failed`."""
     if not started or snapshot is None:
         return ProductState.STARTING, "the recorder is starting"
     if snapshot.get("volume") != "ready":
@@ -137,6 +140,9 @@ def product_status(started: bool, snapshot: Mapping[str, Any] | None) -> tuple[P
     raid = snapshot.get("raid")
     if raid is not None and raid.get("status") in ("degraded", "syncing"):
         return ProductState.DEGRADED, f"the RAID is {raid['status']}: no redundancy"
+    if raid is not None and pulled:
+        slots = ", ".join(str(s) for s in sorted(pulled))
+        return ProductState.DEGRADED, f"the disk of a RAID member is gone (slot {slots})"
     return ProductState.OK, None
 
 

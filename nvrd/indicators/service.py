@@ -153,7 +153,7 @@ class IndicatorService:
                 self.product = product
 
     def status(self) -> tuple[ProductState, str | None]:
-        return product_status(self.started, self.snapshot)
+        return product_status(self.started, self.snapshot, self.pulled)
 
     def led_of(self, slot: int | None) -> str | None:
         return self.leds[slot].value if slot in self.leds else None

@@ -82,9 +82,11 @@ def storage_events(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
     for device, status in members_then.items():
         if status not in WORKING:
             continue
-        now = members_now.get(device)
-        # Faulty now, or gone from the array and from the machine (pulled while working).
-        if now == "faulty" or (now is None and device not in present_now):
+        # Its disk left the machine while it was a working member (md may notice
+        # only at its next I/O, seconds later: that later snapshot is no new failure),
+        # or md marked it faulty.
+        pulled = device in present_then and device not in present_now
+        if pulled or members_now.get(device) == "faulty":
             events.append(("disk.failed", {"device": device, "slot": present_then.get(device), **summary}))
 
     if raid_now is not None:

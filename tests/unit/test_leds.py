@@ -149,3 +149,9 @@ def test_product_status(started: bool, volume: str, raid: str | None, state: Pro
     assert got is state
     assert (reason is None) == (state is ProductState.OK)
     assert product_led(got) is led
+
+
+def test_a_member_disk_gone_before_md_notices_is_degraded() -> None:
+    snap = {"volume": "ready", "raid": {"status": "online"}, "reason": None}
+    state, reason = product_status(True, snap, frozenset({2}))
+    assert state is ProductState.DEGRADED and reason == "the disk of a RAID member is gone (slot 2)"

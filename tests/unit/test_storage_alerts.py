@@ -178,3 +178,10 @@ def test_a_standby_reading_changes_nothing() -> None:
 def test_healthy_recordings_raise_nothing(name: str) -> None:
     report = parse_smartctl_json((DATA / name).read_text(), int((DATA / f"{name}.rc").read_text()))
     assert run([report, report]) == []
+
+
+def test_a_disk_gone_before_md_notices_fails_once() -> None:
+    unnoticed = snap("online", [("/dev/a", "online"), ("/dev/b", "online")], slots={1: None, 2: "/dev/b"})
+    noticed = snap("degraded", [(None, "missing"), ("/dev/b", "online")], slots={1: None, 2: "/dev/b"})
+    assert topics(storage_events(snap(), unnoticed)) == ["disk.removed", "disk.failed"]
+    assert topics(storage_events(unnoticed, noticed)) == ["raid.degraded"]
