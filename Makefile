@@ -17,8 +17,10 @@ DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl 
 # p7zip-full: the host tier opens password-protected exports with 7z, as users do.
 DEBS_MEDIA := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly p7zip-full
+# ledmon: the vm tier runs the real ledctl (the indicators' ledctl backend) where no
+# enclosure exists. dosfstools: the vm tier formats its USB stick vfat.
 DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
-	smartmontools e2fsprogs xfsprogs udev dosfstools
+	smartmontools e2fsprogs xfsprogs udev dosfstools ledmon
 DEBS_DEB := build-essential debhelper dh-virtualenv dpkg-dev python3-venv python3-dev libsystemd-dev pkg-config gcc
 DEBS_APPLIANCE := mmdebstrap qemu-system-x86 linux-image-amd64 e2fsprogs
 

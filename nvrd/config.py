@@ -109,12 +109,57 @@ class ExportsConfig(_Section):
         return _under_dev(disks)
 
 
+class LedNames(_Section):
+    """The LED class devices (/sys/class/leds/<name>) of one bay or of the product
+    LED, by colour. A colour left out is not shown (a bay without red shows red
+    states as fast-blinking amber)."""
+
+    green: str | None = None
+    amber: str | None = None
+    red: str | None = None
+
+    def by_colour(self) -> dict[str, str]:
+        return {c: n for c, n in (("green", self.green), ("amber", self.amber), ("red", self.red)) if n}
+
+
+class IndicatorsConfig(_Section):
+    # "sysfs-leds": Linux LED class devices named below; "ledctl": ledmon's ledctl
+    # for SES-2/SGPIO/NPEM backplanes (Debian package ledmon); "none".
+    backend: Literal["sysfs-leds", "ledctl", "none"] = "none"
+    # Slot number (as in [storage] slots) → its LEDs; sysfs-leds only.
+    slots: dict[str, LedNames] = {}
+    product: LedNames = LedNames()
+    # The PC speaker (evdev, /dev/input/by-path/*-event-spkr) beeps on a RAID or drive
+    # failure until silenced (POST /api/v1/system/buzzer/silence).
+    buzzer: bool = True
+
+    @field_validator("slots")
+    @classmethod
+    def _slot_numbers(cls, slots: dict[str, LedNames]) -> dict[str, LedNames]:
+        for slot in slots:
+            if not slot.isdigit():
+                raise ValueError(f"slot {slot!r} is not a number")
+        return slots
+
+
+class HealthConfig(_Section):
+    # SMART is read this often (minutes; fractions allowed for tests), never waking a
+    # disk in standby.
+    smart_interval_minutes: Annotated[float, Field(gt=0, le=1440)] = 10.0
+    # A disk hotter than this raises `disk.alert`; it clears when the disk is
+    # `temperature_hysteresis_c` cooler than the limit.
+    temperature_limit_c: Annotated[int, Field(ge=20, le=120)] = 60
+    temperature_hysteresis_c: Annotated[int, Field(ge=0, le=30)] = 5
+
+
 class Config(_Section):
     daemon: DaemonConfig = DaemonConfig()
     log: LogConfig = LogConfig()
     storage: StorageConfig = StorageConfig()
     http: HttpConfig = HttpConfig()
     exports: ExportsConfig = ExportsConfig()
+    indicators: IndicatorsConfig = IndicatorsConfig()
+    health: HealthConfig = HealthConfig()
 
 
 def parse(text: str, source: str = "<string>") -> Config:

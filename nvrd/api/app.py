@@ -4,28 +4,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from nvrd.accounts import AccountsService, ScryptCost
 from nvrd.api import (
     accounts, audit, auth, cameras, certificates, errors, events, exports, jobs, network, playback, recordings,
-    session, setup, storage, system, tokens,
+    session, setup, status, storage, system, tokens,
 )
 from nvrd.api.authstate import Authenticator
+from nvrd.api.clients import EventStreams
 from nvrd.api.keys import (
-    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, EXPORTS, HTTP_SETTINGS, JOBS, LOG_LEVELS, RECORDER,
-    STORAGE, TLS, USB_EXPORTS, VOLUME,
+    ACCOUNTS, AUDIT, AUTH, BUS, CONFIG, DEVICE, EVENT_STREAMS, EXPORTS, HEALTH, HTTP_SETTINGS, INDICATORS,
+    JOBS, LOG_LEVELS, RECORDER, STORAGE, TLS, USB_EXPORTS, VOLUME,
 )
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
+from nvrd.indicators.backends import make_backend
+from nvrd.indicators.buzzer import Alarm, EvdevBuzzer, find_speaker
+from nvrd.indicators.service import IndicatorService
 from nvrd.jobs import Jobs
 from nvrd.logs import LogLevels
 from nvrd.recording.exports import JOB_KIND as EXPORT_JOB, ExportService, ExportSettings
 from nvrd.recording.recorder import Recorder
 from nvrd.recording.usb import UsbExports
+from nvrd.storage import disks
+from nvrd.storage.health import HealthWatch
 from nvrd.storage.manager import ManagedStorage, allowed_candidates
 from nvrd.storage.monitor import StorageMonitor
 from nvrd.storage.volume import DirectoryVolume
@@ -120,6 +128,46 @@ async def _exports(app: web.Application) -> AsyncIterator[None]:
     await service.close()
 
 
+async def _health(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    storage = app.get(STORAGE)
+
+    def allowed_disks() -> list[Path]:
+        return [d.device for d in disks.inventory(config.storage.disks, slots=config.storage.slots)]
+
+    # SMART only in managed mode, through storage's reader (one smartctl per disk at a time).
+    watch = HealthWatch(
+        app[BUS], config.health, app[VOLUME].snapshot(),
+        allowed_disks if storage is not None else None,
+        storage.smart if storage is not None else None,
+    )
+    watch.start()
+    app[HEALTH] = watch
+    yield
+    await watch.close()
+
+
+async def _indicators(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG].indicators
+    slots = {int(slot): names.by_colour() for slot, names in config.slots.items()}
+    backend = make_backend(config.backend, slots, config.product.by_colour())
+    speaker = find_speaker() if config.buzzer else None
+    # Started before the volume, so the product LED says "starting" while storage
+    # assembles and unlocks; the volume's first snapshot arrives on the bus.
+    def snapshot() -> dict[str, Any] | None:
+        volume = app.get(VOLUME)
+        return volume.snapshot() if volume is not None else None
+
+    service = IndicatorService(
+        app[BUS], backend, Alarm(EvdevBuzzer(speaker) if speaker else None),
+        snapshot, led_slots=slots if config.backend == "sysfs-leds" else (),
+    )
+    await service.start()
+    app[INDICATORS] = service
+    yield
+    await service.close()
+
+
 async def _usb_exports(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     if not config.exports.usb:
@@ -132,6 +180,13 @@ async def _usb_exports(app: web.Application) -> AsyncIterator[None]:
     app[USB_EXPORTS] = usb
     yield
     await usb.close()
+
+
+async def _started(app: web.Application) -> AsyncIterator[None]:
+    # Last of the services: everything before it is up, so the product LED turns
+    # from amber (starting) to what the state says.
+    await app[INDICATORS].mark_started()
+    yield
 
 
 async def _end_event_streams(app: web.Application) -> None:
@@ -156,16 +211,20 @@ def make_app(
     )
     app[CONFIG] = config
     app[BUS] = Bus()
+    app[EVENT_STREAMS] = EventStreams()
     if log_levels is None:
         log_levels = LogLevels()
         log_levels.level, log_levels.levels = config.log.level, dict(config.log.levels)
     app[LOG_LEVELS] = log_levels
     app.cleanup_ctx.extend(
-        [_device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _volume, _recorder, _exports, _usb_exports]
+        [
+            _device_state, _accounts(scrypt), _http_settings, _tls, _jobs, _indicators,
+            _volume, _health, _recorder, _exports, _usb_exports, _started,
+        ]
     )
     app.on_shutdown.append(_end_event_streams)
     for module in (
-        system, jobs, events, storage, setup, accounts, tokens, session, audit, certificates,
+        system, status, jobs, events, storage, setup, accounts, tokens, session, audit, certificates,
         network, cameras, recordings, playback, exports,
     ):
         app.add_routes(module.routes)

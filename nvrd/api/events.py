@@ -14,7 +14,7 @@ import asyncio
 from aiohttp import web
 
 from nvrd.api.jsonio import dumps
-from nvrd.api.keys import BUS
+from nvrd.api.keys import BUS, EVENT_STREAMS
 from nvrd.api.roles import Role, requires
 from nvrd.bus import Event, Overrun
 from nvrd.errors import Invalid
@@ -51,6 +51,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    streams = request.app[EVENT_STREAMS]
+    streams.open += 1
     try:
         await response.prepare(request)
         await response.write(b"retry: 3000\n: connected\n\n")
@@ -69,5 +71,6 @@ async def events(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass  # the client went away
     finally:
+        streams.open -= 1
         subscription.close()
     return response

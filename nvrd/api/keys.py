@@ -7,13 +7,16 @@ from aiohttp import web
 
 from nvrd.accounts import AccountsService, Principal
 from nvrd.api.authstate import Authenticator
+from nvrd.api.clients import EventStreams
 from nvrd.audit import AuditLog
 from nvrd.bus import Bus
 from nvrd.config import Config
 from nvrd.device import DeviceState
+from nvrd.indicators.service import IndicatorService
 from nvrd.jobs import Jobs
 from nvrd.listeners import Listeners
 from nvrd.logs import LogLevels
+from nvrd.storage.health import HealthWatch
 from nvrd.storage.manager import ManagedStorage
 from nvrd.storage.volume import Volume
 from nvrd.system.http import HttpSettingsStore
@@ -48,3 +51,8 @@ RECORDER = web.AppKey("recorder", Recorder)
 EXPORTS = web.AppKey("exports", ExportService)
 # Only with `[exports] usb = true`.
 USB_EXPORTS = web.AppKey("usb_exports", UsbExports)
+# Drive and product LEDs, the buzzer, the product status.
+INDICATORS = web.AppKey("indicators", IndicatorService)
+# Storage alerts and the SMART cadence.
+HEALTH = web.AppKey("health", HealthWatch)
+EVENT_STREAMS = web.AppKey("event_streams", EventStreams)

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from nvrd.api.jsonio import read_model, respond
-from nvrd.api.keys import STORAGE, VOLUME
+from nvrd.api.keys import INDICATORS, STORAGE, VOLUME
 from nvrd.api.roles import Role, requires
 from nvrd.errors import Conflict
 from nvrd.jobs import Job, job_summary
@@ -89,7 +89,25 @@ async def get_storage(request: web.Request) -> web.Response:
 @routes.get("/api/v1/storage/disks")
 @requires(Role.VIEWER)
 async def get_disks(request: web.Request) -> web.Response:
-    return respond(await _managed(request).disk_list())
+    rows = await _managed(request).disk_list()
+    indicators = request.app[INDICATORS]
+    for row in rows:
+        row["led"] = indicators.led_of(row["slot"])
+    return respond(rows)
+
+
+class LocateBody(_Body):
+    seconds: Annotated[int, Field(ge=0, le=3600)] = 60
+
+
+@routes.post("/api/v1/storage/disks/{slot:\\d+}/locate")
+@requires(Role.ADMIN)
+async def locate(request: web.Request) -> web.Response:
+    slot = int(request.match_info["slot"])
+    body = await read_model(request, LocateBody) if request.can_read_body else LocateBody()
+    indicators = request.app[INDICATORS]
+    await indicators.locate(slot, body.seconds)
+    return respond({"slot": slot, "led": indicators.led_of(slot), "locating": indicators.locating(slot)})
 
 
 @routes.post("/api/v1/storage/raid")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from nvrd import __version__, logs
 from nvrd.api.jsonio import read_model, respond
-from nvrd.api.keys import ACCOUNTS, DEVICE, LOG_LEVELS
+from nvrd.api.keys import ACCOUNTS, DEVICE, INDICATORS, LOG_LEVELS
 from nvrd.api.roles import Role, requires
 from nvrd.config import LogLevel
 
@@ -96,3 +96,13 @@ async def set_logging(request: web.Request) -> web.Response:
 
 def _levels(levels: logs.LogLevels) -> dict[str, Any]:
     return {"level": levels.level, "levels": levels.levels}
+
+
+@routes.post("/api/v1/system/buzzer/silence")
+@requires(Role.OPERATOR)
+async def silence_buzzer(request: web.Request) -> web.Response:
+    """The reference recorder's short press of the power button: the alarm stays
+    raised (GET /status shows it) but stops sounding until a new one comes."""
+    alarm = request.app[INDICATORS].alarm
+    was_sounding = alarm.silence()
+    return respond({"silenced": True, "was_sounding": was_sounding, "alarm": alarm.reason})

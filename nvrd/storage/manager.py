@@ -210,7 +210,22 @@ class ManagedStorage:
             "reason": self.status.reason,
             "operation": self.operation,
             "problems": list(self.problems),
+            "slots": self._slots(),
         }
+
+    def _slots(self) -> list[dict[str, Any]]:
+        """Each slot and the disk in it (None: empty). A slot of `[storage] slots`
+        stays listed while its disk is out; the LEDs and alerts need to know it."""
+        found: dict[int, str | None] = {}
+        try:
+            for disk in disks.inventory(self.config.disks, slots=self.config.slots):
+                if disk.slot is not None:
+                    found[disk.slot] = str(disk.device)
+        except Exception as exc:  # no udev (a container): no slots, not a failed refresh
+            log.debug("no disk inventory for the snapshot: %s", exc)
+        for slot in self.config.slots:
+            found.setdefault(int(slot), None)
+        return [{"slot": slot, "device": device} for slot, device in sorted(found.items())]
 
     async def disk_list(self) -> list[dict[str, Any]]:
         """Every allowed disk with its slot, identity, role in our array and SMART

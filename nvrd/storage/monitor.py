@@ -6,7 +6,8 @@ sysfs attributes instead. So one thread poll()s `array_state`, `degraded`,
 notification: seek(0) and read again, which also re-arms it). While nothing syncs,
 the thread sleeps until the kernel wakes it; while a sync runs, it also wakes every
 second for progress. Disk hot-plug comes from udev (pyudev's netlink monitor on the
-event loop). Either way the owner's `on_change` runs on the event loop, coalesced.
+event loop), and a disk's removal also from the kernel's own uevent, which comes
+first. Either way the owner's `on_change` runs on the event loop, coalesced.
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class StorageMonitor:
         self._pending: asyncio.TimerHandle | None = None
         self._md: MdWatcher | None = None
         self._udev_monitor: object | None = None
+        self._kernel_monitor: object | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -146,6 +148,19 @@ class StorageMonitor:
         assert self._loop is not None
         self._loop.add_reader(monitor.fileno(), self._udev_ready, monitor)
         self._udev_monitor = monitor
+        # The kernel's own uevent for a vanishing disk comes seconds before udev's
+        # (udevd first runs its rules, mdadm's incremental fail among them: 2-4 s
+        # under TCG, measured by tests/vm/bench_indicators.py). The disk is out of
+        # sysfs already, so a refresh then shows its slot empty: the LED turns
+        # without waiting. Only removals: an added disk needs udev's properties.
+        try:
+            kernel = pyudev.Monitor.from_netlink(pyudev.Context(), source="kernel")
+            kernel.start()
+        except Exception as exc:
+            log.debug("no kernel uevent monitor: %s", exc)
+            return
+        self._loop.add_reader(kernel.fileno(), self._kernel_ready, kernel)
+        self._kernel_monitor = kernel
 
     def _udev_ready(self, monitor: object) -> None:
         import pyudev
@@ -156,6 +171,18 @@ class StorageMonitor:
             if device.sys_name.startswith("md") and self._md is not None:
                 self._md.rescan()
         self._schedule()
+
+    def _kernel_ready(self, monitor: object) -> None:
+        import pyudev
+
+        assert isinstance(monitor, pyudev.Monitor)
+        removed = False
+        while (device := monitor.poll(timeout=0)) is not None:
+            if device.action == "remove" and device.subsystem == "block":
+                log.debug("kernel: %s removed", device.sys_name)
+                removed = True
+        if removed:
+            self._schedule()
 
     def _notify_threadsafe(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -179,6 +206,8 @@ class StorageMonitor:
     def stop(self) -> None:
         if self._udev_monitor is not None and self._loop is not None:
             self._loop.remove_reader(self._udev_monitor.fileno())  # type: ignore[attr-defined]
+        if self._kernel_monitor is not None and self._loop is not None:
+            self._loop.remove_reader(self._kernel_monitor.fileno())  # type: ignore[attr-defined]
         if self._md is not None:
             self._md.stop()
             self._md.join(timeout=5)

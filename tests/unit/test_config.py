@@ -74,6 +74,14 @@ def test_missing_file(tmp_path, capsys) -> None:
         ('[log]\nlevel = "verbose"', "log.level"),
         ('[log.levels]\n"nvrd.api" = "loud"', "log.levels.nvrd.api"),
         ("[daemon]\nstate_dir = 3", "daemon.state_dir"),
+        ('[indicators]\nbackend = "gpio"', "indicators.backend"),
+        ('[indicators.slots.one]\ngreen = "x"', "indicators.slots"),
+        ('[indicators.slots.1]\nblue = "x"', "indicators.slots.1.blue"),
+        ('[indicators]\nbuzzer = "yes"', "indicators.buzzer"),
+        ("[health]\nsmart_interval_minutes = 0", "health.smart_interval_minutes"),
+        ('[health]\nsmart_interval_minutes = "10"', "health.smart_interval_minutes"),
+        ("[health]\ntemperature_limit_c = 55.5", "health.temperature_limit_c"),
+        ("[health]\ntemperature_hysteresis_c = -1", "health.temperature_hysteresis_c"),
     ],
 )
 def test_bad_values_name_their_key(text: str, key: str) -> None:
@@ -99,3 +107,23 @@ def test_usb_export_disks_must_be_under_dev() -> None:
     assert config.parse("").exports.usb_disks == ["/dev/disk/by-id/usb-*"]
     with pytest.raises(config.ConfigError, match="exports.usb_disks"):
         config.parse('[exports]\nusb_disks = ["sd*"]\n')
+
+
+def test_indicator_and_health_defaults() -> None:
+    parsed = config.parse("")
+    assert parsed.indicators.backend == "none" and parsed.indicators.buzzer is True
+    assert parsed.indicators.slots == {}
+    assert parsed.health.smart_interval_minutes == 10
+    assert (parsed.health.temperature_limit_c, parsed.health.temperature_hysteresis_c) == (60, 5)
+
+
+def test_led_map() -> None:
+    parsed = config.parse(
+        '[indicators]\nbackend = "sysfs-leds"\n'
+        '[indicators.slots.1]\ngreen = "bay1:green"\nred = "bay1:red"\n'
+        '[indicators.product]\namber = "power:amber"\n'
+        "[health]\nsmart_interval_minutes = 0.5\n"
+    )
+    assert parsed.indicators.slots["1"].by_colour() == {"green": "bay1:green", "red": "bay1:red"}
+    assert parsed.indicators.product.by_colour() == {"amber": "power:amber"}
+    assert parsed.health.smart_interval_minutes == 0.5

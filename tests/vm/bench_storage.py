@@ -112,15 +112,7 @@ def test_failure_to_degraded_and_idle_cpu(clean_disks: list[guest.Disk], tmp_pat
             events.close()
             to_event.extend(t - started for t in arrived)
             print(f"failure {i + 1}: API {to_api[-1] * 1000:.0f} ms, event {[f'{(t - started) * 1000:.0f} ms' for t in arrived]}")
-            Path("/sys/bus/pci/rescan").write_text("1")
-            until("disk back", lambda: _present(disk), 60)
-            guest.settle()
-            md = Path("/dev/md/nvrd").resolve()
-            guest.run(["mdadm", md, "--remove", "failed"], check=False)
-            guest.run(["mdadm", md, "--remove", "detached"], check=False)
-            # The internal bitmap lets the returning disk catch up on what it missed.
-            if guest.run(["mdadm", md, "--re-add", disk.dev], check=False).returncode != 0:
-                guest.run(["mdadm", md, "--add", disk.dev])
+            put_back(disk)
             until("online again", lambda: call(port, "GET", "/api/v1/storage")["raid"]["status"] == "online", 300)
     finally:
         daemon.terminate()
@@ -133,6 +125,19 @@ def test_failure_to_degraded_and_idle_cpu(clean_disks: list[guest.Disk], tmp_pat
     print(f"  PCI remove -> GET /storage degraded: {', '.join(f'{t * 1000:.0f} ms' for t in to_api)} (target < 1 s)")
     print(f"  PCI remove -> SSE storage.changed degraded: {', '.join(f'{t * 1000:.0f} ms' for t in to_event)} (target < 1 s)")
     assert len(to_event) == FAILURES  # every failure produced its event
+
+
+def put_back(disk: guest.Disk) -> None:
+    """Undo a PCI remove: rescan, and have the disk rejoin our array."""
+    Path("/sys/bus/pci/rescan").write_text("1")
+    until("disk back", lambda: _present(disk), 60)
+    guest.settle()
+    md = Path("/dev/md/nvrd").resolve()
+    guest.run(["mdadm", md, "--remove", "failed"], check=False)
+    guest.run(["mdadm", md, "--remove", "detached"], check=False)
+    # The internal bitmap lets the returning disk catch up on what it missed.
+    if guest.run(["mdadm", md, "--re-add", disk.dev], check=False).returncode != 0:
+        guest.run(["mdadm", md, "--add", disk.dev])
 
 
 def _first_degraded(events, arrived: list[float]) -> None:
