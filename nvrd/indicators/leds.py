@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
+from nvrd.storage.alerts import disks_in_slots, lacks_member
+
 
 class DriveLed(StrEnum):
     """One drive bay's LED state; the value is what the API shows as `led`."""
@@ -61,16 +63,6 @@ def slot_members(snapshot: Mapping[str, Any]) -> dict[int, str | None]:
     }
 
 
-def _present(snapshot: Mapping[str, Any]) -> dict[str, int]:
-    return {s["device"]: int(s["slot"]) for s in snapshot.get("slots", []) if s.get("device")}
-
-
-def _lacking(raid: Mapping[str, Any] | None) -> bool:
-    if raid is None:
-        return False
-    return raid.get("status") == "failed" or any(d["status"] in ("missing", "faulty") for d in raid.get("devices", []))
-
-
 def remember_members(memory: Mapping[str, int], snapshot: Mapping[str, Any]) -> dict[str, int]:
     """Array member device → the slot it was last seen in. A member whose disk is
     gone stays remembered while the array still lists it or lacks a member: the disk
@@ -81,8 +73,8 @@ def remember_members(memory: Mapping[str, int], snapshot: Mapping[str, Any]) -> 
     if raid is None:
         return {}
     listed = {d["device"] for d in raid.get("devices", []) if d.get("device")}
-    present = _present(snapshot)
-    keep_gone = _lacking(raid)
+    present = disks_in_slots(snapshot)
+    keep_gone = raid.get("status") == "failed" or lacks_member(raid)
     kept = {device: slot for device, slot in memory.items()
             if device not in present and (keep_gone or device in listed)}
     return {**kept, **{device: slot for device, slot in present.items() if device in listed}}
@@ -91,7 +83,7 @@ def remember_members(memory: Mapping[str, int], snapshot: Mapping[str, Any]) -> 
 def pulled_slots(memory: Mapping[str, int], snapshot: Mapping[str, Any]) -> frozenset[int]:
     """The slots to show red although empty: a member's disk left them, and no disk
     has been put in since."""
-    present = _present(snapshot)
+    present = disks_in_slots(snapshot)
     occupied = set(present.values())
     return frozenset(slot for device, slot in memory.items() if device not in present and slot not in occupied)
 

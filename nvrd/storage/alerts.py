@@ -37,12 +37,13 @@ def _members(snapshot: Mapping[str, Any] | None) -> dict[str, str]:
     return {d["device"]: d["status"] for d in raid.get("devices", []) if d.get("device")}
 
 
-def _present(snapshot: Mapping[str, Any] | None) -> dict[str, int]:
+def disks_in_slots(snapshot: Mapping[str, Any] | None) -> dict[str, int]:
+    """Device → slot, for the slots of the storage snapshot that hold a disk."""
     return {s["device"]: int(s["slot"]) for s in (snapshot or {}).get("slots", []) if s.get("device")}
 
 
-def _lacking(raid: Mapping[str, Any] | None) -> bool:
-    """No redundancy left to lose: a member is missing or faulty."""
+def lacks_member(raid: Mapping[str, Any] | None) -> bool:
+    """A member is missing or faulty: the array has lost a disk's worth of redundancy."""
     return raid is not None and any(d["status"] in ("missing", "faulty") for d in raid.get("devices", []))
 
 
@@ -69,7 +70,7 @@ def storage_events(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
     raid_now = after.get("raid")
     summary = {"level": raid_now.get("level"), "status": raid_now.get("status")} if raid_now else {}
 
-    present_then, present_now = _present(before), _present(after)
+    present_then, present_now = disks_in_slots(before), disks_in_slots(after)
     if before is not None:
         for device, slot in present_then.items():
             if device not in present_now:
@@ -93,7 +94,7 @@ def storage_events(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -
         failed_then = raid_then is not None and raid_then.get("status") == "failed"
         if raid_now.get("status") == "failed" and not failed_then:
             events.append(("raid.failed", summary))
-        elif _lacking(raid_now) and not _lacking(raid_then) and raid_now.get("status") != "failed":
+        elif lacks_member(raid_now) and not lacks_member(raid_then) and raid_now.get("status") != "failed":
             devices = raid_now["devices"]
             events.append(("raid.degraded", {
                 **summary,
