@@ -81,6 +81,14 @@ class IndicatorService:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # Stopping is a restart or a package upgrade more often than a power-off:
+        # the product LED goes amber ("starting or upgrading") until the next
+        # daemon is up. The drive LEDs keep showing the disks, which do not change.
+        self.started = False
+        try:
+            await self._apply()
+        except Exception:  # noqa: BLE001 - never stands in the way of stopping
+            log.exception("could not show the product LED as stopping")
         await self.alarm.close()
 
     async def _follow(self, subscription: Any) -> None:

@@ -84,6 +84,8 @@ async def test_a_pull_turns_leds_and_sounds_the_alarm() -> None:
     assert alarm.reason is None and service.led_of(1) == "green"
     await watch.close()
     await service.close()
+    # Stopping (a restart or an upgrade): amber until the next daemon is up.
+    assert leds.calls[-1] == ("product", ProductLed.STARTING)
 
 
 async def test_locate_overrides_a_slot_for_a_while() -> None:
