@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -116,7 +118,7 @@ async def test_confirm_and_levels_are_validated(api) -> None:
     assert response.status == 422 and "at least 4" in (await response.json(content_type=PROBLEM))["detail"]
 
 
-async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_disks) -> None:
+async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_disks, tmp_path: Path) -> None:
     response = await api.post(
         "/api/v1/storage/raid",
         json={"level": 5, "encrypt": {"password": "s3cret pass"}, "confirm": True},
@@ -138,6 +140,13 @@ async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_dis
     assert (await (await api.get("/api/v1/storage")).json())["locked"] is True
     response = await api.post("/api/v1/storage/unlock", json={"password": "s3cret pass"})
     assert response.status == 200 and (await response.json())["volume"] == "ready"
+
+    # Data written before the failure must read back bit-identical after the rebuild.
+    blob = tmp_path / "state" / "volume" / "blob"
+    data = os.urandom(8 * 1024 * 1024)
+    with open(blob, "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
 
     # Pull a disk for real (PCI hot-unplug): degraded, the member is missing.
     pulled = clean_disks[1]
@@ -166,6 +175,8 @@ async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_dis
         "online again with every member in sync",
     )
     assert len(state["raid"]["devices"]) == 3
+    guest.drop_caches()
+    assert hashlib.sha256(blob.read_bytes()).digest() == hashlib.sha256(data).digest()
 
 
 def _present(disk: guest.Disk) -> bool:
