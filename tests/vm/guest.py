@@ -8,6 +8,7 @@ QEMU USB stick), so a stale name can never point a wipe at the wrong device.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shlex
@@ -15,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,17 @@ def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 60, ever
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(every)
+
+
+async def wait_job(client: Any, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    """Poll GET /api/v1/jobs/{id} through an aiohttp test client until it ends."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        job = await (await client.get(f"/api/v1/jobs/{job_id}")).json()
+        if job["state"] in ("succeeded", "failed"):
+            return job
+        assert asyncio.get_running_loop().time() < deadline, job
+        await asyncio.sleep(0.2)
 
 
 def settle() -> None:

@@ -52,15 +52,6 @@ async def api(clean_disks: list[guest.Disk], aiohttp_client, tmp_path: Path):
     await client.close()
 
 
-async def wait_job(api, job_id: str, timeout: float = 180) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        job = await (await api.get(f"/api/v1/jobs/{job_id}")).json()
-        if job["state"] in ("succeeded", "failed"):
-            return job
-        assert asyncio.get_running_loop().time() < deadline, job
-        await asyncio.sleep(0.3)
-
 
 async def storage_until(api, predicate, what: str, timeout: float = 180) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
@@ -100,7 +91,7 @@ async def test_disk_outside_the_allowed_set_or_with_data_is_refused(api, clean_d
     assert "ext4" in (await response.json(content_type=PROBLEM))["detail"]
     response = await api.post("/api/v1/storage/raid", json={**body, "force": True})
     assert response.status == 202
-    assert (await wait_job(api, (await response.json())["id"]))["state"] == "succeeded"
+    assert (await guest.wait_job(api, (await response.json())["id"]))["state"] == "succeeded"
     state = await (await api.get("/api/v1/storage")).json()
     assert state["mounted"] and state["raid"]["level"] == 1
     # Close the app here (its recorder holds the new volume) and detach the mount,
@@ -126,7 +117,7 @@ async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_dis
     assert response.status == 202
     accepted = await response.json()
     assert len(accepted["recovery_key"]) == 71
-    job = await wait_job(api, accepted["id"])
+    job = await guest.wait_job(api, accepted["id"])
     assert job["state"] == "succeeded", job
     assert "recovery_key" not in job  # shown once, in the 202 only
     state = await storage_until(api, lambda s: s["raid"]["status"] == "online", "online")
@@ -134,7 +125,7 @@ async def test_encrypted_raid5_unlock_and_pulled_disk_is_replaced(api, clean_dis
     assert state["raid"]["level"] == 5 and state["raid"]["raid_disks"] == 3
 
     # Lock, then a wrong password: 403 and still locked; the right one: unlocked.
-    assert (await wait_job(api, (await (await api.post("/api/v1/storage/lock")).json())["id"]))["state"] == "succeeded"
+    assert (await guest.wait_job(api, (await (await api.post("/api/v1/storage/lock")).json())["id"]))["state"] == "succeeded"
     response = await api.post("/api/v1/storage/unlock", json={"password": "nope"})
     assert response.status == 403
     assert (await (await api.get("/api/v1/storage")).json())["locked"] is True

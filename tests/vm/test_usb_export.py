@@ -88,15 +88,6 @@ def add_export(api, path: Path | None, export_id: str) -> None:
     )
 
 
-async def wait_job(api, job_id: str, timeout: float = 60) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        job = await (await api.get(f"/api/v1/jobs/{job_id}")).json()
-        if job["state"] in ("succeeded", "failed"):
-            return job
-        assert asyncio.get_running_loop().time() < deadline, job
-        await asyncio.sleep(0.2)
-
 
 def mounted(device: Path) -> bool:
     return any(line.split()[0] == str(device) for line in Path("/proc/self/mounts").read_text().splitlines())
@@ -145,7 +136,7 @@ async def test_copy_to_usb(api, stick: guest.UsbStick, tmp_path: Path) -> None:
     jobs = api.app[BUS].subscribe(["job"])
     response = await api.post("/api/v1/exports/e1/copy-to-usb", json={"device": part})
     assert response.status == 202, await response.text()
-    job = await wait_job(api, (await response.json())["id"])
+    job = await guest.wait_job(api, (await response.json())["id"])
     assert job["state"] == "succeeded", job
     assert job["kind"] == "usb-copy" and job["target"] == "e1" and job["progress"] == 1.0
     progress = []
