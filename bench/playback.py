@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import http.client
 import json
 import os
@@ -31,15 +30,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.recording import WORK, build_index, start_nvrd, stop
+from bench.recording import AUTH, WORK, build_index, start_nvrd, stop
 
 CAMERA = "bench"
 T0 = 1_795_514_400_000  # 2026-11-24T10:00:00Z
 HOUR_VOLUME = WORK / "playback-1h" / "volume"
 
 
-ADMIN = ("admin", "bench password 1")
-AUTH = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
 
 
 def api(base: str, method: str, path: str, body: object = None) -> tuple[int, object]:
@@ -56,9 +53,7 @@ def api(base: str, method: str, path: str, body: object = None) -> tuple[int, ob
 
 def start_daemon(directory: Path, volume: Path) -> tuple[object, str]:
     """The daemon on `volume`, with its first administrator made."""
-    proc, base, _log = start_nvrd(directory, volume)
-    status, body = api(base, "POST", "/api/v1/setup", {"username": ADMIN[0], "password": ADMIN[1]})
-    assert status == 201, body
+    proc, base, _log = start_nvrd(directory, volume)  # it makes the administrator
     return proc, base
 
 

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -187,10 +188,15 @@ def run_baseline(n: int, url: str, warmup: float, window: float) -> dict[str, fl
     return {"cpu": sum(cpu.values()), "pss": pss, "held": held, "lost": lost + restarts, "restarts": restarts}
 
 
+# The daemon's first administrator, made by start_nvrd; Basic is accepted from loopback.
+ADMIN = ("admin", "bench password 1")
+AUTH = {"Authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
+
+
 def api(base: str, method: str, path: str, body: object = None) -> tuple[int, object]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
+    headers = {**AUTH, "Content-Type": "application/json"} if data else dict(AUTH)
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=30) as response:
         raw = response.read()
         return response.status, json.loads(raw) if raw else None
@@ -216,7 +222,9 @@ def start_nvrd(directory: Path, volume: Path) -> tuple[subprocess.Popen[bytes], 
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"nvrd did not start; see {log}") from None
             time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port}", log
+    base = f"http://127.0.0.1:{port}"
+    api(base, "POST", "/api/v1/setup", {"username": ADMIN[0], "password": ADMIN[1]})
+    return proc, base, log
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -268,7 +276,8 @@ def _collect_segments(base: str, into: list[dict]) -> None:
     def ms(text: str) -> int:
         return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
-    with urllib.request.urlopen(base + "/api/v1/events?topics=segment", timeout=600) as response:
+    events = urllib.request.Request(base + "/api/v1/events?topics=segment", headers=AUTH)
+    with urllib.request.urlopen(events, timeout=600) as response:
         for raw in response:
             line = raw.decode()
             if not line.startswith("data: "):
