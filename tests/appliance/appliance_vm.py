@@ -232,7 +232,9 @@ class Guest:
                     reply = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(reply, dict) and reply.get("id") == rid:
+                # Until the agent has turned echo off, the guest's tty echoes our own
+                # requests back: those carry the id too, but no "rc".
+                if isinstance(reply, dict) and reply.get("id") == rid and "rc" in reply:
                     return reply
             left = deadline - time.monotonic()
             if left <= 0:
