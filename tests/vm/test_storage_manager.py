@@ -303,7 +303,9 @@ async def test_monitor_sees_failure_without_polling(storage: ManagedStorage, cle
         await asyncio.wait_for(seen.wait(), 5)
     finally:
         monitor.stop()
+    assert seen.is_set()  # the monitor woke on md's own notification
     await until("degraded", lambda: array.status is RaidStatus.DEGRADED, timeout=30)
+    assert array.member_statuses()[clean_disks[1].name] is MemberStatus.FAULTY
 
 
 # --- faults of every kind, on every redundant level --------------------------------
