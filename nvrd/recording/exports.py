@@ -11,13 +11,21 @@ Files are made in a staging area on the volume (`exports/<id>/`), so they count
 against the volume's free space like recordings do; an export that would not fit
 is refused. They expire (config `[exports] expire_after_hours`). Exports are jobs
 (kind `export`), at most `[exports] max_concurrent` running, the rest queued.
-The list is kept in memory: a restart forgets it and clears the staging area.
+
+A finished export survives a restart (a package upgrade must not throw away the
+footage an operator is about to hand over): beside its file, `export.json` says
+what it is and when it expires, written (atomically, fsynced) only once the file
+is complete. At start-up, or when the volume first becomes available, every
+staged export with such a manifest and its file is taken back; anything else in
+the staging area (an export cut short by the stop) is removed. Queued and running
+exports are not resumed: their jobs ended with the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -41,6 +49,7 @@ from nvrd.recording.retention import free_bytes
 log = logging.getLogger(__name__)
 
 STAGING = "exports"
+MANIFEST = "export.json"
 JOB_KIND = "export"
 # Left free on the volume beside an export (recording goes on meanwhile).
 HEADROOM_BYTES = 1024**3
@@ -77,6 +86,14 @@ class Export:
     first_frame_ms: int | None = None
     last_frame_ms: int | None = None
     password: str | None = field(default=None, repr=False)
+    created: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0))
+
+    @property
+    def state(self) -> str:
+        if self.job is not None:
+            return self.job.state.value
+        # Taken back after a restart: only finished exports are.
+        return "succeeded" if self.path is not None else "queued"
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -88,13 +105,41 @@ class Export:
             "format": self.format.value,
             "encrypted": self.encrypted,
             "created_by": self.created_by,
-            "state": self.job.state.value if self.job else "queued",
+            "state": self.state,
             "job": job_summary(self.job) if self.job else None,
             "file": f"/api/v1/exports/{self.id}/file" if self.path else None,
             "filename": self.path.name if self.path else None,
             "bytes": self.bytes,
             "expires": self.expires,
+            "created": self.created,
         }
+
+    def manifest(self) -> dict[str, Any]:
+        """What `export.json` keeps of a finished export (never the password)."""
+        assert self.path is not None and self.expires is not None
+        return {
+            "id": self.id, "camera": self.camera, "camera_name": self.camera_name,
+            "from_ms": self.from_ms, "to_ms": self.to_ms, "format": self.format.value,
+            "encrypted": self.encrypted, "created_by": self.created_by, "filename": self.path.name,
+            "bytes": self.bytes, "expires": self.expires.isoformat(), "created": self.created.isoformat(),
+            "first_frame_ms": self.first_frame_ms, "last_frame_ms": self.last_frame_ms,
+        }
+
+    @classmethod
+    def from_manifest(cls, directory: Path, data: dict[str, Any]) -> Export:
+        """Raises KeyError/ValueError/TypeError on a manifest that isn't one."""
+        if data["id"] != directory.name or "/" in data["filename"]:
+            raise ValueError(f"manifest of {data['id']!r} in {directory.name}")
+        expires = datetime.fromisoformat(data["expires"])
+        return cls(
+            id=data["id"], camera=str(data["camera"]), camera_name=str(data["camera_name"]),
+            from_ms=int(data["from_ms"]), to_ms=int(data["to_ms"]), format=ExportFormat(data["format"]),
+            encrypted=bool(data["encrypted"]), created_by=data["created_by"],
+            path=directory / data["filename"], bytes=int(data["bytes"]), expires=expires,
+            expires_mono=time.monotonic() + (expires - datetime.now(UTC)).total_seconds(),
+            first_frame_ms=data["first_frame_ms"], last_frame_ms=data["last_frame_ms"],
+            created=datetime.fromisoformat(data["created"]),
+        )
 
 
 def _dt(ms: int | None) -> datetime | None:
@@ -109,12 +154,12 @@ class ExportService:
         self.settings = settings
         self.exports: dict[str, Export] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # The staging area whose earlier exports were taken back (a new volume,
+        # e.g. after a format, is looked at again).
+        self._adopted: Path | None = None
 
     async def start(self) -> None:
-        staging = self._staging(must=False)
-        if staging is not None and staging.exists():
-            # What a previous run left: its exports are forgotten with it.
-            await asyncio.to_thread(shutil.rmtree, staging, True)
+        await asyncio.to_thread(self._adopt)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="exports-expiry")
 
     async def close(self) -> None:
@@ -131,6 +176,30 @@ class ExportService:
             return None
         return layout.volume / STAGING
 
+    def _adopt(self) -> None:
+        """Take back the finished exports an earlier run left in the staging area
+        and remove the rest, once per staging area. Small reads: the caller may
+        run it on the loop."""
+        staging = self._staging(must=False)
+        if staging is None or staging == self._adopted:
+            return
+        self._adopted = staging
+        if not staging.is_dir():
+            return
+        for directory in staging.iterdir():
+            if directory.name in self.exports:
+                continue
+            try:
+                export = Export.from_manifest(directory, json.loads((directory / MANIFEST).read_text()))
+                if export.path is None or export.path.stat().st_size != export.bytes:
+                    raise ValueError(f"{export.path} is not the file its manifest describes")
+            except (OSError, KeyError, ValueError, TypeError) as exc:
+                log.info("export %s left unfinished by an earlier run removed (%s)", directory.name, exc)
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            self.exports[export.id] = export
+            log.info("export %s of camera %s taken back after a restart", export.id, export.camera)
+
     # -- requests --------------------------------------------------------------
 
     async def create(
@@ -139,6 +208,7 @@ class ExportService:
         clip = await self.recorder.clip(camera, from_ms, to_ms)  # NotFound when nothing is in range
         staging = self._staging()
         assert staging is not None
+        self._adopt()
         needed = clip.size * (2 if password else 1) + HEADROOM_BYTES
         free = await asyncio.to_thread(free_bytes, staging.parent)
         if free < needed:
@@ -154,10 +224,12 @@ class ExportService:
         return export
 
     def list(self) -> list[Export]:
+        self._adopt()
         self._expire()
-        return sorted(self.exports.values(), key=lambda e: e.job.created if e.job else datetime.min)
+        return sorted(self.exports.values(), key=lambda e: e.created)
 
     def get(self, export_id: str) -> Export:
+        self._adopt()
         self._expire()
         try:
             return self.exports[export_id]
@@ -245,6 +317,8 @@ class ExportService:
         export.bytes = (await asyncio.to_thread(result.stat)).st_size
         export.expires_mono = time.monotonic() + self.settings.expire_after_s
         export.expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=self.settings.expire_after_s)
+        # Last: an export is taken back after a restart only with its manifest.
+        await asyncio.to_thread(_write_manifest, directory / MANIFEST, export.manifest())
         log.info("export %s of camera %s ready: %s (%d bytes)", export.id, export.camera, result.name, export.bytes)
         return {"export": export.id, "bytes": export.bytes}
 
@@ -284,6 +358,18 @@ def _write(clip: Clip, target: Path, progress: Callable[[int], None]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_manifest(target: Path, manifest: dict[str, Any]) -> None:
+    """`manifest` as JSON at `target`, whole or not at all (a crash leaves no
+    half-written manifest); runs in a thread."""
+    part = target.with_name(target.name + ".part")
+    with open(part, "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(part, target)
+    _fsync(target.parent)
 
 
 def _fsync(path: Path) -> None:
