@@ -2,7 +2,7 @@
 
 Everything comes from state the services already hold (the indicator service's last
 storage snapshot, the recorder's camera supervisors, the event stream count): no
-subprocess, no SMART, no sysfs walk per request.
+tool run, no SMART query, no sysfs walk per request.
 """
 
 from __future__ import annotations
