@@ -263,7 +263,12 @@ def export_command(container: str, metadata: dict[str, str], output: Path, ffmpe
     matroska) with `metadata` as tags; stream copy. Matroska has no edit list, so
     there the export starts at the keyframe at or before `from` (its tags say when
     `from` is)."""
-    options: dict[str, str] = {"c": "copy", "map": "0", "f": container}
+    options: dict[str, str | int] = {"c": "copy", "map": "0", "f": container}
+    if container == "matroska":
+        # No CRC-32 element per cluster: computing them doubled the muxer's CPU time
+        # (3.1 s → 1.5 s of user time for an hour at 4 Mbit/s); they are optional in
+        # Matroska, and a handed-over file's integrity is the ZIP's/transport's job.
+        options["write_crc32"] = 0
     output_stream = ffmpeg_python.output(ffmpeg_python.input("pipe:0", f="mp4"), str(output), **options)
     tags = [arg for key, value in metadata.items() for arg in ("-metadata", f"{key}={value}")]
     return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-y", *output_stream.get_args()[:-1], *tags,
