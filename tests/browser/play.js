@@ -2,7 +2,9 @@
 // page saw as one JSON line. Run by tests/host/playback/test_hls_browser.py:
 //
 //   node play.js '{"base": "http://127.0.0.1:PORT", "playlist": "/api/v1/...m3u8?...",
-//                  "authorization": "Basic ...", "mode": "vod" | "live", "seconds": 40}'
+//                  "mode": "vod" | "live", "seconds": 40,
+//                  "authorization": "Basic ..."  (hls.js sends it: xhrSetup)
+//                  | "login": {"username": ..., "password": ...}}'  (a session cookie)
 //
 // vod: play to the end at 16x (muted), until `ended` or `seconds` pass.
 // live: play until the playhead is past what the first playlist held, or `seconds`.
@@ -32,9 +34,13 @@ const video = document.getElementById('video');
 for (const name of ['ended', 'stalled', 'waiting', 'error']) {
   video.addEventListener(name, () => report.events.push([name, video.currentTime]));
 }
+const authorization = ${JSON.stringify(options.authorization || null)};
+const login = ${JSON.stringify(options.login || null)};
 const hls = new Hls({
   debug: false,
-  xhrSetup: (xhr) => xhr.setRequestHeader('Authorization', ${JSON.stringify(options.authorization)}),
+  // A Bearer token or Basic goes in every request hls.js makes; a session cookie
+  // goes by itself (same origin).
+  xhrSetup: authorization ? (xhr) => xhr.setRequestHeader('Authorization', authorization) : undefined,
 });
 hls.on(Hls.Events.ERROR, (_, data) => {
   const entry = { type: data.type, details: data.details, fatal: data.fatal,
@@ -56,8 +62,15 @@ hls.on(Hls.Events.LEVEL_LOADED, (_, data) => {
 hls.on(Hls.Events.BUFFER_CODECS, (_, data) => {
   report.bufferCodecs = Object.fromEntries(Object.entries(data).map(([k, v]) => [k, v.codec || v.container]));
 });
-hls.loadSource(${JSON.stringify(options.playlist)});
-hls.attachMedia(video);
+(async () => {
+  if (login) {
+    const response = await fetch('/api/v1/auth/session', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(login) });
+    report.login = response.status;
+  }
+  hls.loadSource(${JSON.stringify(options.playlist)});
+  hls.attachMedia(video);
+})();
 video.addEventListener('loadedmetadata', () => {
   ${options.mode === 'vod' ? 'video.playbackRate = 16;' : ''}
   video.play().catch((e) => report.errors.push({ type: 'play', details: String(e), fatal: false }));

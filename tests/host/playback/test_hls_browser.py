@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ..conftest import ADMIN, ADMIN_PASSWORD
 from ..recording.conftest import TOP, RtspServer, api, clip, index_rows, start_daemon
 from .conftest import AUTH, CAMERA, T0, copy_recording, iso
 
@@ -32,10 +33,9 @@ def _browser() -> None:
         pytest.fail("the browser tests need Debian's chromium and `npm ci` in tests/browser: run `make host`")
 
 
-def play(base: str, playlist: str, mode: str, seconds: float) -> dict[str, Any]:
+def play(base: str, playlist: str, mode: str, seconds: float, auth: dict[str, Any]) -> dict[str, Any]:
     """What the page saw (play.js prints it as one JSON line)."""
-    options = {"base": base, "playlist": playlist, "authorization": AUTH["Authorization"], "mode": mode,
-               "seconds": seconds}
+    options = {"base": base, "playlist": playlist, "mode": mode, "seconds": seconds, **auth}
     done = subprocess.run(["node", str(BROWSER / "play.js"), json.dumps(options)], cwd=BROWSER,
                           capture_output=True, text=True, timeout=seconds + 60)
     assert done.returncode == 0, done.stderr
@@ -56,7 +56,8 @@ def test_hls_js_plays_the_vod_playlist_across_a_gap_to_the_end(recording: Path, 
         assert status == 200 and body["segments"] == 2, body
         playlist = f"/api/v1/cameras/{CAMERA}/playback.m3u8?from={iso(T0 + 20_000)}&to={iso(T0 + 160_000)}"
         text = get_text(daemon.http + playlist)
-        seen = play(daemon.http, playlist, "vod", 45)
+        # As a web UI served by nvrd would: log in for a session cookie.
+        seen = play(daemon.http, playlist, "vod", 45, {"login": {"username": ADMIN, "password": ADMIN_PASSWORD}})
     finally:
         daemon.stop()
     assert text.count("#EXT-X-DISCONTINUITY") == 1
@@ -65,6 +66,7 @@ def test_hls_js_plays_the_vod_playlist_across_a_gap_to_the_end(recording: Path, 
     extinf = sum(float(line.split(":", 1)[1].rstrip(",")) for line in text.splitlines() if line.startswith("#EXTINF:"))
     report = {k: v for k, v in seen.items() if k != "console"}
 
+    assert seen["login"] == 200, report
     assert seen["fatal"] is None, report
     assert seen["ended"], report
     assert abs(seen["duration"] - extinf) < 0.5, report
@@ -85,7 +87,8 @@ def test_hls_js_plays_the_live_playlist_while_the_camera_records(tmp_path: Path)
         # The browser opens it at once: the playlist may still be empty (hls.js
         # retries), as when a user opens the live view of a camera just added.
         playlist = f"/api/v1/cameras/live/playback.m3u8?from={iso(int(time.time() * 1000) - 5000)}"
-        seen = play(daemon.http, playlist, "live", 40)
+        # As a page holding a token would: hls.js sends the Authorization header.
+        seen = play(daemon.http, playlist, "live", 40, {"authorization": AUTH["Authorization"]})
     finally:
         daemon.stop()
         server.stop()
