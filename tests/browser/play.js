@@ -7,7 +7,8 @@
 //                  | "login": {"username": ..., "password": ...}}'  (a session cookie)
 //
 // vod: play to the end at 16x (muted), until `ended` or `seconds` pass.
-// live: play until the playhead is past what the first playlist held, or `seconds`.
+// live: play until the playhead is past the first discontinuity and what the first
+// playlist held, or `seconds`.
 //
 // The page is served by this script at the daemon's own origin (page.route answers
 // for one path the daemon does not have), so the page and the API are same-origin,
@@ -77,6 +78,10 @@ video.addEventListener('loadedmetadata', () => {
 });
 window.snapshot = () => {
   const q = video.getVideoPlaybackQuality();
+  const details = hls.levels[0] && hls.levels[0].details;
+  // Where on the media timeline each discontinuity (a new run) begins.
+  report.discontinuities = details
+    ? details.fragments.filter((f, i, all) => i > 0 && f.cc !== all[i - 1].cc).map((f) => f.start) : [];
   return { ...report, ended: video.ended, currentTime: video.currentTime, duration: video.duration,
            paused: video.paused, readyState: video.readyState,
            videoError: video.error ? video.error.message || String(video.error.code) : null,
@@ -113,10 +118,11 @@ window.snapshot = () => {
       if (first === null && snap.readyState >= 2) first = { at: Date.now(), currentTime: snap.currentTime };
       if (snap.fatal || Date.now() > deadline) break;
       if (options.mode === 'vod' && snap.ended) break;
-      // live: done once the playhead is past all that the first non-empty playlist
-      // held, i.e. it played on into segments that closed after playback began.
+      // live: done once the playhead is a second past the first discontinuity (the
+      // camera reconnected) and past all that the first non-empty playlist held.
       const firstLoad = snap.loads.find(([fragments]) => fragments > 0);
-      if (options.mode === 'live' && firstLoad && snap.currentTime > firstLoad[1] + 1) break;
+      if (options.mode === 'live' && firstLoad && snap.discontinuities.length
+          && snap.currentTime > Math.max(firstLoad[1], snap.discontinuities[0]) + 1) break;
       await new Promise((r) => setTimeout(r, 250));
     }
     snap.firstPlayable = first;

@@ -6,7 +6,7 @@ machine, so Apple's native HLS is not tested here.
 The VOD playlist crosses a deleted stretch (a discontinuity) and must play to its
 end at 16x, decoding every frame, with the duration its EXTINFs add up to; the live
 playlist must play on while the camera records, into segments that closed after
-playback began.
+playback began and across the discontinuity where the camera reconnected.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_hls_js_plays_the_vod_playlist_across_a_gap_to_the_end(recording: Path, 
         seen = play(daemon.http, playlist, "vod", 45, {"login": {"username": ADMIN, "password": ADMIN_PASSWORD}})
     finally:
         daemon.stop()
-    assert text.count("#EXT-X-DISCONTINUITY") == 1
+    assert text.count("#EXT-X-DISCONTINUITY") == 1 and len(seen["discontinuities"]) == 1
     listed = {int(line.removeprefix("hls/").removesuffix(".m4s")) for line in text.splitlines() if line.endswith(".m4s")}
     frames = sum(r["frames"] for r in index_rows(volume) if r["id"] in listed)
     extinf = sum(float(line.split(":", 1)[1].rstrip(",")) for line in text.splitlines() if line.startswith("#EXTINF:"))
@@ -77,8 +77,13 @@ def test_hls_js_plays_the_vod_playlist_across_a_gap_to_the_end(recording: Path, 
     assert seen["totalVideoFrames"] == frames, report
 
 
-def test_hls_js_plays_the_live_playlist_while_the_camera_records(tmp_path: Path) -> None:
-    server = RtspServer({"live": clip("h264-aac-60")}).start()
+def test_hls_js_plays_the_live_playlist_while_the_camera_records_and_reconnects(tmp_path: Path) -> None:
+    # A 12 s clip, played once per connection: the recorder reconnects when it ends,
+    # and the new run comes after a discontinuity in the live playlist.
+    short = tmp_path / "short.mkv"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(clip("h264-aac-60")), "-t", "12",
+                    "-c", "copy", str(short)], check=True)
+    server = RtspServer({"live": short}).start()
     daemon = start_daemon(tmp_path / "nvrd")
     try:
         status, body = api(daemon.http, "POST", "/api/v1/cameras",
@@ -88,7 +93,7 @@ def test_hls_js_plays_the_live_playlist_while_the_camera_records(tmp_path: Path)
         # retries), as when a user opens the live view of a camera just added.
         playlist = f"/api/v1/cameras/live/playback.m3u8?from={iso(int(time.time() * 1000) - 5000)}"
         # As a page holding a token would: hls.js sends the Authorization header.
-        seen = play(daemon.http, playlist, "live", 40, {"authorization": AUTH["Authorization"]})
+        seen = play(daemon.http, playlist, "live", 45, {"authorization": AUTH["Authorization"]})
     finally:
         daemon.stop()
         server.stop()
@@ -97,7 +102,9 @@ def test_hls_js_plays_the_live_playlist_while_the_camera_records(tmp_path: Path)
     assert seen["fatal"] is None, report
     assert seen["playlist"]["live"], report
     first = next(duration for fragments, duration in seen["loads"] if fragments > 0)
-    # It played past what the first playlist held: into segments that closed later.
+    # It played past what the first playlist held (into segments that closed later)
+    # and on across the reconnection.
     assert seen["currentTime"] > first, report
     assert seen["loads"][-1][0] > next(fragments for fragments, _ in seen["loads"] if fragments > 0), report
+    assert seen["discontinuities"] and seen["currentTime"] > seen["discontinuities"][0], report
     assert seen["totalVideoFrames"] > 0, report
