@@ -17,6 +17,13 @@ DEBS_DEV := python3-venv python3-dev libsystemd-dev pkg-config gcc curl openssl 
 # p7zip-full: the host tier opens password-protected exports with 7z, as users do.
 DEBS_MEDIA := ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly p7zip-full
+# Browser: the host tier plays HLS with hls.js in Debian's Chromium (issue 5: "plays in
+# a browser"), driven by playwright-core from npm (tests/browser); nodejs (20, with npm,
+# on these machines) runs it.
+# Debian's Chromium plays H.264/AAC through MSE; a browser downloaded by a test tool
+# would need the network.
+DEBS_BROWSER := chromium nodejs
+BROWSER_STAMP := tests/browser/node_modules/.package-lock.stamp
 # ledmon: the vm tier runs the real ledctl (the indicators' ledctl backend) where no
 # enclosure exists. dosfstools: the vm tier formats its USB stick vfat.
 DEBS_VM := qemu-system-x86 linux-image-amd64 busybox-static mdadm cryptsetup-bin \
@@ -34,7 +41,7 @@ define ensure-debs
 	fi
 endef
 
-.PHONY: help run test unit host vm appliance deb bench deps-dev deps-media deps-vm deps-appliance clean
+.PHONY: help run test unit host vm appliance deb bench deps-dev deps-media deps-browser deps-vm deps-appliance clean
 
 help:
 	@echo "make run        development instance: HTTP 127.0.0.1:8080, HTTPS 127.0.0.1:8443, storage ./var,"
@@ -56,6 +63,15 @@ $(VENV)/.installed: pyproject.toml
 deps-media:
 	$(call ensure-debs,$(DEBS_MEDIA))
 
+# Debian packages checked every time; npm ci only when package-lock.json changed
+# (or node_modules is gone): the stamp lives inside node_modules.
+deps-browser: $(BROWSER_STAMP)
+	$(call ensure-debs,$(DEBS_BROWSER))
+$(BROWSER_STAMP): tests/browser/package-lock.json
+	$(call ensure-debs,$(DEBS_BROWSER))
+	cd tests/browser && npm ci --no-audit --no-fund
+	touch $@
+
 deps-vm: deps-dev
 	$(call ensure-debs,$(DEBS_VM))
 	[ -x $(VBIN)/vng ] || $(VBIN)/pip install -q virtme-ng
@@ -75,7 +91,7 @@ test: unit host vm appliance
 unit: deps-dev
 	$(VBIN)/pytest -q tests/unit
 
-host: deps-dev deps-media
+host: deps-dev deps-media deps-browser
 	$(VBIN)/pytest -q tests/host
 
 vm: deps-vm
