@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -221,7 +222,8 @@ class ExportService:
                         _encrypt, tagged.read(), media.name, result, export.password, copying.from_thread
                     )
             else:
-                await run_export(export_command("matroska", metadata, media), clip.read(), copying)
+                feed = functools.partial(clip.splice_to, progress=copying.from_thread)
+                await run_export(export_command("matroska", metadata, media), feed)
                 await asyncio.to_thread(_fsync, media)
                 result = media
                 if export.password is not None:
