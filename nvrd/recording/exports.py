@@ -17,14 +17,17 @@ The list is kept in memory: a restart forgets it and clears the staging area.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import hmac
 import logging
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -32,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import pyzipper
+import pyzipper.zipfile_aes
+from Cryptodome.Cipher import AES
+from Cryptodome.Protocol.KDF import PBKDF2
+from Cryptodome.Util import Counter
 
 from nvrd.errors import Conflict, NotFound
 from nvrd.jobs import Job, JobContext, Jobs, job_summary
@@ -219,22 +226,22 @@ class ExportService:
                 else:
                     result = media.with_suffix(media.suffix + ".zip")
                     await asyncio.to_thread(
-                        _encrypt, tagged.read(), media.name, result, export.password, copying.from_thread
+                        _encrypt, lambda offset, n: tagged.read(offset, offset + n), tagged.size, media.name, result,
+                        export.password, copying.from_thread,
                     )
             else:
                 feed = functools.partial(clip.splice_to, progress=copying.from_thread)
                 await run_export(export_command("matroska", metadata, media), feed)
-                await asyncio.to_thread(_fsync, media)
                 result = media
-                if export.password is not None:
+                if export.password is None:
+                    await asyncio.to_thread(_fsync, media)
+                else:
                     # Matroska is written with seeks (cues, sizes): it can't be
                     # streamed into the archive, so it is encrypted afterwards.
                     result = media.with_suffix(media.suffix + ".zip")
                     size = (await asyncio.to_thread(media.stat)).st_size
                     encrypting = ByteProgress(ctx, size, 0.5, 0.5, "encrypting", loop)
-                    await asyncio.to_thread(
-                        _encrypt, _chunks(media), media.name, result, export.password, encrypting.from_thread
-                    )
+                    await asyncio.to_thread(_encrypt_file, media, result, export.password, encrypting.from_thread)
                     await asyncio.to_thread(media.unlink)
             export.password = None  # not kept longer than needed
         except BaseException:
@@ -313,20 +320,160 @@ class ByteProgress:
         self.loop.call_soon_threadsafe(self, n)
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
+# Bytes per unit of encryption work: a multiple of the AES block (16), so each
+# unit's CTR counter starts on a block boundary.
+AES_CHUNK = CHUNK
+# Units encrypted ahead of the one being written (memory: 1 MiB each).
+AES_AHEAD = 4
+AES_WORKERS = 2
+
+# (offset, length) -> those bytes, in pieces: what gets encrypted.
+Reader = Callable[[int, int], Iterable[bytes]]
 
 
-def _encrypt(chunks: Iterator[bytes], name: str, target: Path, password: str, progress: Callable[[int], None]) -> None:
-    """The chunks as the file `name` in a ZIP at `target`, WinZip AES-256, stored
-    (video doesn't compress), fsynced. Runs in a thread."""
-    with pyzipper.AESZipFile(target, "w", compression=pyzipper.ZIP_STORED, encryption=pyzipper.WZ_AES) as zf:
+def _encrypt_file(path: Path, target: Path, password: str, progress: Callable[[int], None]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        _encrypt(lambda offset, n: (os.pread(fd, n, offset),), size, path.name, target, password, progress)
+    finally:
+        os.close(fd)
+
+
+def _encrypt(
+    read: Reader, size: int, name: str, target: Path, password: str, progress: Callable[[int], None]
+) -> None:
+    """`size` bytes from `read` as the file `name` in a ZIP at `target`, WinZip
+    AES-256 (AE-2), stored (video doesn't compress), fsynced. Runs in a thread.
+
+    pyzipper writes the archive (headers, salt, password verifier, ZIP64, the
+    central directory), but its one-thread write path (CRC, pycryptodome's CTR
+    allocating its output, pycryptodome's own SHA-1 for the HMAC, the write) ran
+    at ~245 MiB/s here, 4.7 times `cat`. So the bulk work is spread over the two
+    cores: AES_WORKERS threads read and encrypt units ahead (pycryptodome's
+    AES-CTR, each unit from its own block counter), a thread takes the HMAC-SHA1
+    in order (hashlib: OpenSSL, SHA-NI), and this one writes. All of them release
+    the GIL for the bulk of their work."""
+    with _SealingZipFile(target, "w", compression=pyzipper.ZIP_STORED, encryption=pyzipper.WZ_AES) as zf:
         zf.setpassword(password.encode("utf-8"))
-        zf.setencryption(pyzipper.WZ_AES, nbits=256)
-        with zf.open(name, "w", force_zip64=True) as dst:
-            for chunk in chunks:
-                dst.write(chunk)
-                progress(len(chunk))
+        dst = zf.open(name, "w", force_zip64=True)
+        encrypter = dst.encrypter
+        assert isinstance(dst, _SealedWriteFile) and isinstance(encrypter, _SealingEncrypter)
+        try:
+            with dst, ThreadPoolExecutor(AES_WORKERS, thread_name_prefix="export-aes") as pool:
+                _seal_in_order(read, size, name, encrypter, pool, dst, progress)
+        finally:  # after dst's close, which takes the last of the HMAC
+            encrypter.close()
     _fsync(target)
+
+
+def _seal_in_order(
+    read: Reader, size: int, name: str, encrypter: _SealingEncrypter, pool: ThreadPoolExecutor,
+    dst: _SealedWriteFile, progress: Callable[[int], None],
+) -> None:
+    """Units encrypted by `pool`, up to AES_AHEAD ahead, written to `dst` in order."""
+
+    def seal(offset: int, n: int) -> bytearray:
+        # Into a new bytearray: pycryptodome's own output buffer is copied into a
+        # bytes again, which made it half as fast here.
+        sealed = bytearray(n)
+        cipher, view, done = encrypter.cipher_at(offset), memoryview(sealed), 0
+        for piece in read(offset, n):
+            if done + len(piece) > n:
+                break
+            cipher.encrypt(piece, output=view[done : done + len(piece)])
+            done += len(piece)
+        if done != n:
+            raise OSError(f"{name}: could not read {n} bytes at {offset}")
+        return sealed
+
+    offsets = iter(range(0, size, AES_CHUNK))
+    pending: collections.deque[Future[bytearray]] = collections.deque()
+
+    def submit() -> None:
+        offset = next(offsets, None)
+        if offset is not None:
+            pending.append(pool.submit(seal, offset, min(AES_CHUNK, size - offset)))
+
+    for _ in range(AES_AHEAD):
+        submit()
+    try:
+        while pending:
+            sealed = pending.popleft().result()
+            submit()
+            dst.write_sealed(sealed)
+            progress(len(sealed))
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class _SealingEncrypter(pyzipper.zipfile_aes.AESZipEncrypter):
+    """pyzipper's WinZip AES-256 encrypter (salt, key derivation, password
+    verifier, header fields), AE-2 (no CRC stored, so none is computed), for
+    data encrypted elsewhere: `cipher_at` gives the AES-CTR for any unit, and
+    `authenticate` takes the HMAC of the ciphertext, in order, in a thread of its
+    own. `close()` when done (that thread)."""
+
+    KEY_BYTES = 32  # AES-256
+
+    def __init__(self, pwd: bytes) -> None:
+        super().__init__(pwd, nbits=256, force_wz_aes_version=pyzipper.zipfile_aes.WZ_AES_V2)
+        # The same derivation as pyzipper's __init__ (which keeps only its cipher
+        # objects): the AES key, the HMAC key, the 2-byte password verifier.
+        keys = PBKDF2(pwd, self.salt, count=1000, dkLen=2 * self.KEY_BYTES + 2)
+        assert keys[2 * self.KEY_BYTES :] == self.encpwdverify
+        self.key = keys[: self.KEY_BYTES]
+        self.mac = hmac.new(keys[self.KEY_BYTES : 2 * self.KEY_BYTES], digestmod="sha1")
+        # One thread: the updates run in the order they were submitted.
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="export-hmac")
+        self._hashed: collections.deque[Future[None]] = collections.deque()
+
+    def cipher_at(self, offset: int) -> Any:
+        """pycryptodome's AES-CTR for the data from `offset` (a multiple of 16):
+        WinZip's counter is little-endian, 1 for the first block."""
+        counter = Counter.new(128, initial_value=1 + offset // 16, little_endian=True)
+        return AES.new(self.key, AES.MODE_CTR, counter=counter)
+
+    def authenticate(self, sealed: bytearray) -> None:
+        self._hashed.append(self._hashing.submit(self.mac.update, sealed))
+        if len(self._hashed) > AES_AHEAD:  # not too far behind: memory
+            self._hashed.popleft().result()
+
+    def encrypt(self, data: bytes) -> bytes:
+        # pyzipper's close() passes its (empty) compressor flush through here;
+        # the data itself comes sealed (_SealedWriteFile.write_sealed).
+        if data:
+            raise RuntimeError("plain data written to a sealed ZIP entry")
+        return b""
+
+    def flush(self) -> bytes:
+        while self._hashed:
+            self._hashed.popleft().result()
+        return self.mac.digest()[: self.hmac_size]
+
+    def close(self) -> None:
+        self._hashing.shutdown(cancel_futures=True)
+
+
+class _SealedWriteFile(pyzipper.zipfile._ZipWriteFile):  # noqa: SLF001 - pyzipper's hook (zipwritefile_cls)
+    """An entry being written from ciphertext: stored, so sizes are the data's."""
+
+    @property
+    def encrypter(self) -> Any:
+        return self._encrypter
+
+    def write_sealed(self, sealed: bytearray) -> None:
+        self._file_size += len(sealed)
+        self._compress_size += len(sealed)
+        self._encrypter.authenticate(sealed)
+        self._fileobj.write(sealed)
+
+
+class _SealingZipFile(pyzipper.AESZipFile):
+    """An AESZipFile whose entries are written from ciphertext (`_SealedWriteFile`)."""
+
+    zipwritefile_cls = _SealedWriteFile
+
+    def get_encrypter(self) -> _SealingEncrypter:
+        return _SealingEncrypter(self.pwd)
