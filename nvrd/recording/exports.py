@@ -26,7 +26,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -226,8 +226,8 @@ class ExportService:
                 else:
                     result = media.with_suffix(media.suffix + ".zip")
                     await asyncio.to_thread(
-                        _encrypt, lambda offset, n: tagged.read(offset, offset + n), tagged.size, media.name, result,
-                        export.password, copying.from_thread,
+                        _encrypt, tagged.read_into, tagged.size, media.name, result, export.password,
+                        copying.from_thread,
                     )
             else:
                 feed = functools.partial(clip.splice_to, progress=copying.from_thread)
@@ -327,15 +327,16 @@ AES_CHUNK = CHUNK
 AES_AHEAD = 4
 AES_WORKERS = 2
 
-# (offset, length) -> those bytes, in pieces: what gets encrypted.
-Reader = Callable[[int, int], Iterable[bytes]]
+# (offset, buffer) -> how many bytes from `offset` were read into `buffer`:
+# what gets encrypted (read into the buffer it is then encrypted in).
+Reader = Callable[[int, bytearray], int]
 
 
 def _encrypt_file(path: Path, target: Path, password: str, progress: Callable[[int], None]) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        _encrypt(lambda offset, n: (os.pread(fd, n, offset),), size, path.name, target, password, progress)
+        _encrypt(lambda offset, buffer: os.preadv(fd, [buffer], offset), size, path.name, target, password, progress)
     finally:
         os.close(fd)
 
@@ -374,17 +375,13 @@ def _seal_in_order(
     """Units encrypted by `pool`, up to AES_AHEAD ahead, written to `dst` in order."""
 
     def seal(offset: int, n: int) -> bytearray:
-        # Into a new bytearray: pycryptodome's own output buffer is copied into a
-        # bytes again, which made it half as fast here.
+        # Read into a new bytearray and encrypted in place: pycryptodome's own
+        # output is copied into a bytes again (600 vs 970 MiB/s here), and so is
+        # os.pread's.
         sealed = bytearray(n)
-        cipher, view, done = encrypter.cipher_at(offset), memoryview(sealed), 0
-        for piece in read(offset, n):
-            if done + len(piece) > n:
-                break
-            cipher.encrypt(piece, output=view[done : done + len(piece)])
-            done += len(piece)
-        if done != n:
+        if read(offset, sealed) != n:
             raise OSError(f"{name}: could not read {n} bytes at {offset}")
+        encrypter.cipher_at(offset).encrypt(sealed, output=sealed)
         return sealed
 
     offsets = iter(range(0, size, AES_CHUNK))

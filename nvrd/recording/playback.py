@@ -115,6 +115,23 @@ class Clip:
                 os.write(fd, part)
                 progress(len(part))
 
+    def read_into(self, start: int, buffer: bytearray | memoryview) -> int:
+        """Bytes from `start` into `buffer`, as many as fit (fewer at the end of the
+        clip), read from the files now; returns how many. For exports that
+        encrypt: no new bytes object per chunk (os.pread's allocation cost more
+        than the copy itself here: 1.15 s vs 0.06 s of CPU per 512 MiB)."""
+        view = memoryview(buffer)
+        done = 0
+        for part in self._parts(start, start + len(view)):
+            if isinstance(part, Extent):
+                if os.preadv(part.fd, [view[done : done + part.length]], part.offset) != part.length:
+                    raise OSError(f"{part.path}: shorter than indexed")
+                done += part.length
+            else:
+                view[done : done + len(part)] = part
+                done += len(part)
+        return done
+
     def splice_to(self, pipe: int, progress: Callable[[int], None]) -> None:
         """The whole clip into the pipe `pipe` (blocking); media data moved by the
         kernel (splice: page references, no copy through Python). `progress(n)`

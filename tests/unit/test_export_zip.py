@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,11 @@ from nvrd.recording import exports
 PASSWORD = "hand-over 2611"
 
 
-def pieces(data: bytes, sizes: tuple[int, ...] = (1, 15, 4096, 70_000)) -> exports.Reader:
-    """A reader that hands out uneven pieces, as a clip does (moofs, extents)."""
-
-    def read(offset: int, n: int) -> Iterator[bytes]:
-        end, i = offset + n, 0
-        while offset < end:
-            step = min(sizes[i % len(sizes)], end - offset)
-            yield data[offset : offset + step]
-            offset, i = offset + step, i + 1
+def reader(data: bytes) -> exports.Reader:
+    def read(offset: int, buffer: bytearray) -> int:
+        piece = data[offset : offset + len(buffer)]
+        buffer[: len(piece)] = piece
+        return len(piece)
 
     return read
 
@@ -38,7 +33,7 @@ def test_archive_opens_with_the_password_only(tmp_path: Path, monkeypatch: pytes
     target = tmp_path / "clip.mp4.zip"
     done: list[int] = []
     threads = threading.active_count()
-    exports._encrypt(pieces(data), size, "clip.mp4", target, PASSWORD, done.append)
+    exports._encrypt(reader(data), size, "clip.mp4", target, PASSWORD, done.append)
     assert sum(done) == size
     assert threading.active_count() == threads  # the workers and the HMAC thread are gone
     with pyzipper.AESZipFile(target) as zf:
@@ -55,5 +50,5 @@ def test_a_short_read_fails_the_export(tmp_path: Path, monkeypatch: pytest.Monke
     threads = threading.active_count()
     with pytest.raises(OSError, match="could not read"):
         # The source is shorter than planned (a segment cut behind the index's back).
-        exports._encrypt(pieces(data[:200_000]), len(data), "clip.mp4", tmp_path / "x.zip", PASSWORD, lambda n: None)
+        exports._encrypt(reader(data[:200_000]), len(data), "clip.mp4", tmp_path / "x.zip", PASSWORD, lambda n: None)
     assert threading.active_count() == threads
