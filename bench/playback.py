@@ -135,7 +135,7 @@ def export_throughput(rounds: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
     cat_s = statistics.median(cats)
     print(f"  export of 1 h at 4 Mbit/s ({len(files)} segments, {size / 2**30:.2f} GiB), median of {rounds},"
-          f" each to the disk (fsync); load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after:")
+          f" each to the disk (fsync); load average before the runs {load_before:.2f}:")
     print(f"    cat of the segment files to the volume: {cat_s:.2f} s ({size / cat_s / 2**20:.0f} MiB/s)")
     for kind, samples in times.items():
         took = statistics.median(samples)

@@ -214,6 +214,7 @@ class ExportService:
         # An MKV with a password is written, then encrypted: two halves of the bar.
         halves = export.password is not None and export.format is ExportFormat.MKV
         copying = ByteProgress(ctx, clip.size, 0.0, 0.5 if halves else 1.0, "copying", loop)
+        encrypting: ByteProgress | None = None
         try:
             if export.format is ExportFormat.MP4:
                 # The clip is an MP4 already: written as it is, tags in its moov;
@@ -245,6 +246,9 @@ class ExportService:
                     await asyncio.to_thread(media.unlink)
             export.password = None  # not kept longer than needed
         except BaseException:
+            for progress in (copying, encrypting):
+                if progress is not None:
+                    progress.stop()
             await self._remove_files(export)
             raise
         if export.id not in self.exports:  # deleted while it ran
@@ -311,13 +315,26 @@ class ByteProgress:
     ) -> None:
         self.ctx, self.total, self.base, self.span, self.message, self.loop = ctx, max(total, 1), base, span, message, loop
         self.done = 0
+        self.stopped = False
 
     def __call__(self, n: int) -> None:
         self.done += n
         self.ctx.progress(self.base + self.span * min(self.done / self.total, 1.0), self.message)
 
     def from_thread(self, n: int) -> None:
+        """Progress from a worker thread; raises Stopped once `stop()` was called,
+        so a cancelled job's thread ends at its next report instead of running on
+        (a thread can't be cancelled from outside)."""
+        if self.stopped:
+            raise Stopped("the job was stopped")
         self.loop.call_soon_threadsafe(self, n)
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Stopped(Exception):
+    """Raised in a job's worker thread after the job was cancelled or failed."""
 
 
 # Bytes per unit of encryption work: a multiple of the AES block (16), so each

@@ -52,3 +52,21 @@ def test_a_short_read_fails_the_export(tmp_path: Path, monkeypatch: pytest.Monke
         # The source is shorter than planned (a segment cut behind the index's back).
         exports._encrypt(reader(data[:200_000]), len(data), "clip.mp4", tmp_path / "x.zip", PASSWORD, lambda n: None)
     assert threading.active_count() == threads
+
+
+def test_a_cancelled_export_stops_its_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # ExportService._run stops the job's ByteProgress when it is cancelled: the
+    # thread writing the ZIP raises at its next report, and its helpers end.
+    monkeypatch.setattr(exports, "AES_CHUNK", 65_536)
+    data = os.urandom(1_000_000)
+    reports: list[int] = []
+
+    def progress(n: int) -> None:
+        reports.append(n)
+        if len(reports) == 2:
+            raise exports.Stopped("the job was stopped")
+
+    threads = threading.active_count()
+    with pytest.raises(exports.Stopped):
+        exports._encrypt(reader(data), len(data), "clip.mp4", tmp_path / "x.zip", PASSWORD, progress)
+    assert len(reports) == 2 and threading.active_count() == threads
