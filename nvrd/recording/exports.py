@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pyzipper
+import pyzipper.zipfile
 import pyzipper.zipfile_aes
 from Cryptodome.Cipher import AES
 from Cryptodome.Protocol.KDF import PBKDF2
