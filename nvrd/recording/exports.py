@@ -394,8 +394,7 @@ def _seal_in_order(
 
     def seal(offset: int, n: int) -> bytearray:
         # Read into a new bytearray and encrypted in place: pycryptodome's own
-        # output is copied into a bytes again (600 vs 970 MiB/s here), and so is
-        # os.pread's.
+        # output is copied into a bytes again (600 vs 970 MiB/s here).
         sealed = bytearray(n)
         if read(offset, sealed) != n:
             raise OSError(f"{name}: could not read {n} bytes at {offset}")
