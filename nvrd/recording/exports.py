@@ -239,7 +239,8 @@ class ExportService:
                     await asyncio.to_thread(_fsync, media)
                 else:
                     # Matroska is written with seeks (cues, sizes): it can't be
-                    # streamed into the archive, so it is encrypted afterwards.
+                    # streamed into the archive, so it is encrypted afterwards
+                    # (not fsynced first: it is removed once encrypted).
                     result = media.with_suffix(media.suffix + ".zip")
                     size = (await asyncio.to_thread(media.stat)).st_size
                     encrypting = ByteProgress(ctx, size, 0.5, 0.5, "encrypting", loop)
