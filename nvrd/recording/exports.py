@@ -24,14 +24,18 @@ exports are not resumed: their jobs ended with the process.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
+import hmac
 import json
 import logging
 import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -39,6 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import pyzipper
+import pyzipper.zipfile
+import pyzipper.zipfile_aes
+from Cryptodome.Cipher import AES
+from Cryptodome.Protocol.KDF import PBKDF2
+from Cryptodome.Util import Counter
 
 from nvrd.errors import Conflict, NotFound
 from nvrd.jobs import Job, JobContext, Jobs, job_summary
@@ -278,6 +287,7 @@ class ExportService:
         # An MKV with a password is written, then encrypted: two halves of the bar.
         halves = export.password is not None and export.format is ExportFormat.MKV
         copying = ByteProgress(ctx, clip.size, 0.0, 0.5 if halves else 1.0, "copying", loop)
+        encrypting: ByteProgress | None = None
         try:
             if export.format is ExportFormat.MP4:
                 # The clip is an MP4 already: written as it is, tags in its moov;
@@ -290,24 +300,29 @@ class ExportService:
                 else:
                     result = media.with_suffix(media.suffix + ".zip")
                     await asyncio.to_thread(
-                        _encrypt, tagged.read(), media.name, result, export.password, copying.from_thread
+                        _encrypt, tagged.read_into, tagged.size, media.name, result, export.password,
+                        copying.from_thread,
                     )
             else:
-                await run_export(export_command("matroska", metadata, media), clip.read(), copying)
-                await asyncio.to_thread(_fsync, media)
+                feed = functools.partial(clip.splice_to, progress=copying.from_thread)
+                await run_export(export_command("matroska", metadata, media), feed)
                 result = media
-                if export.password is not None:
+                if export.password is None:
+                    await asyncio.to_thread(_fsync, media)
+                else:
                     # Matroska is written with seeks (cues, sizes): it can't be
-                    # streamed into the archive, so it is encrypted afterwards.
+                    # streamed into the archive, so it is encrypted afterwards
+                    # (not fsynced first: it is removed once encrypted).
                     result = media.with_suffix(media.suffix + ".zip")
                     size = (await asyncio.to_thread(media.stat)).st_size
                     encrypting = ByteProgress(ctx, size, 0.5, 0.5, "encrypting", loop)
-                    await asyncio.to_thread(
-                        _encrypt, _chunks(media), media.name, result, export.password, encrypting.from_thread
-                    )
+                    await asyncio.to_thread(_encrypt_file, media, result, export.password, encrypting.from_thread)
                     await asyncio.to_thread(media.unlink)
             export.password = None  # not kept longer than needed
         except BaseException:
+            for progress in (copying, encrypting):
+                if progress is not None:
+                    progress.stop()
             await self._remove_files(export)
             raise
         if export.id not in self.exports:  # deleted while it ran
@@ -388,29 +403,178 @@ class ByteProgress:
     ) -> None:
         self.ctx, self.total, self.base, self.span, self.message, self.loop = ctx, max(total, 1), base, span, message, loop
         self.done = 0
+        self.stopped = False
 
     def __call__(self, n: int) -> None:
         self.done += n
         self.ctx.progress(self.base + self.span * min(self.done / self.total, 1.0), self.message)
 
     def from_thread(self, n: int) -> None:
+        """Progress from a worker thread; raises Stopped once `stop()` was called,
+        so a cancelled job's thread ends at its next report instead of running on
+        (a thread can't be cancelled from outside)."""
+        if self.stopped:
+            raise Stopped("the job was stopped")
         self.loop.call_soon_threadsafe(self, n)
 
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            yield chunk
+    def stop(self) -> None:
+        self.stopped = True
 
 
-def _encrypt(chunks: Iterator[bytes], name: str, target: Path, password: str, progress: Callable[[int], None]) -> None:
-    """The chunks as the file `name` in a ZIP at `target`, WinZip AES-256, stored
-    (video doesn't compress), fsynced. Runs in a thread."""
-    with pyzipper.AESZipFile(target, "w", compression=pyzipper.ZIP_STORED, encryption=pyzipper.WZ_AES) as zf:
+class Stopped(Exception):
+    """Raised in a job's worker thread after the job was cancelled or failed."""
+
+
+# Bytes per unit of encryption work: a multiple of the AES block (16), so each
+# unit's CTR counter starts on a block boundary.
+AES_CHUNK = CHUNK
+# Units encrypted ahead of the one being written (memory: 1 MiB each).
+AES_AHEAD = 4
+AES_WORKERS = 2
+
+# (offset, buffer) -> how many bytes from `offset` were read into `buffer`:
+# what gets encrypted (read into the buffer it is then encrypted in).
+Reader = Callable[[int, bytearray], int]
+
+
+def _encrypt_file(path: Path, target: Path, password: str, progress: Callable[[int], None]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        _encrypt(lambda offset, buffer: os.preadv(fd, [buffer], offset), size, path.name, target, password, progress)
+    finally:
+        os.close(fd)
+
+
+def _encrypt(
+    read: Reader, size: int, name: str, target: Path, password: str, progress: Callable[[int], None]
+) -> None:
+    """`size` bytes from `read` as the file `name` in a ZIP at `target`, WinZip
+    AES-256 (AE-2), stored (video doesn't compress), fsynced. Runs in a thread.
+
+    pyzipper writes the archive (headers, salt, password verifier, ZIP64, the
+    central directory), but its one-thread write path (CRC, pycryptodome's CTR
+    allocating its output, pycryptodome's own SHA-1 for the HMAC, the write) ran
+    at ~245 MiB/s here, 4.7 times `cat`. So the bulk work is spread over the two
+    cores: AES_WORKERS threads read and encrypt units ahead (pycryptodome's
+    AES-CTR, each unit from its own block counter), a thread takes the HMAC-SHA1
+    in order (hashlib: OpenSSL, SHA-NI), and this one writes. All of them release
+    the GIL for the bulk of their work."""
+    with _SealingZipFile(target, "w", compression=pyzipper.ZIP_STORED, encryption=pyzipper.WZ_AES) as zf:
         zf.setpassword(password.encode("utf-8"))
-        zf.setencryption(pyzipper.WZ_AES, nbits=256)
-        with zf.open(name, "w", force_zip64=True) as dst:
-            for chunk in chunks:
-                dst.write(chunk)
-                progress(len(chunk))
+        dst = zf.open(name, "w", force_zip64=True)
+        encrypter = dst.encrypter
+        assert isinstance(dst, _SealedWriteFile) and isinstance(encrypter, _SealingEncrypter)
+        try:
+            with dst, ThreadPoolExecutor(AES_WORKERS, thread_name_prefix="export-aes") as pool:
+                _seal_in_order(read, size, name, encrypter, pool, dst, progress)
+        finally:  # after dst's close, which takes the last of the HMAC
+            encrypter.close()
     _fsync(target)
+
+
+def _seal_in_order(
+    read: Reader, size: int, name: str, encrypter: _SealingEncrypter, pool: ThreadPoolExecutor,
+    dst: _SealedWriteFile, progress: Callable[[int], None],
+) -> None:
+    """Units encrypted by `pool`, up to AES_AHEAD ahead, written to `dst` in order."""
+
+    def seal(offset: int, n: int) -> bytearray:
+        # Read into a new bytearray and encrypted in place: pycryptodome's own
+        # output is copied into a bytes again (600 vs 970 MiB/s here).
+        sealed = bytearray(n)
+        if read(offset, sealed) != n:
+            raise OSError(f"{name}: could not read {n} bytes at {offset}")
+        encrypter.cipher_at(offset).encrypt(sealed, output=sealed)
+        return sealed
+
+    offsets = iter(range(0, size, AES_CHUNK))
+    pending: collections.deque[Future[bytearray]] = collections.deque()
+
+    def submit() -> None:
+        offset = next(offsets, None)
+        if offset is not None:
+            pending.append(pool.submit(seal, offset, min(AES_CHUNK, size - offset)))
+
+    for _ in range(AES_AHEAD):
+        submit()
+    try:
+        while pending:
+            sealed = pending.popleft().result()
+            submit()
+            dst.write_sealed(sealed)
+            progress(len(sealed))
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+class _SealingEncrypter(pyzipper.zipfile_aes.AESZipEncrypter):
+    """pyzipper's WinZip AES-256 encrypter (salt, key derivation, password
+    verifier, header fields), AE-2 (no CRC stored, so none is computed), for
+    data encrypted elsewhere: `cipher_at` gives the AES-CTR for any unit, and
+    `authenticate` takes the HMAC of the ciphertext, in order, in a thread of its
+    own. `close()` when done (that thread)."""
+
+    KEY_BYTES = 32  # AES-256
+
+    def __init__(self, pwd: bytes) -> None:
+        super().__init__(pwd, nbits=256, force_wz_aes_version=pyzipper.zipfile_aes.WZ_AES_V2)
+        # The same derivation as pyzipper's __init__ (which keeps only its cipher
+        # objects): the AES key, the HMAC key, the 2-byte password verifier.
+        keys = PBKDF2(pwd, self.salt, count=1000, dkLen=2 * self.KEY_BYTES + 2)
+        assert keys[2 * self.KEY_BYTES :] == self.encpwdverify
+        self.key = keys[: self.KEY_BYTES]
+        self.mac = hmac.new(keys[self.KEY_BYTES : 2 * self.KEY_BYTES], digestmod="sha1")
+        # One thread: the updates run in the order they were submitted.
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="export-hmac")
+        self._hashed: collections.deque[Future[None]] = collections.deque()
+
+    def cipher_at(self, offset: int) -> Any:
+        """pycryptodome's AES-CTR for the data from `offset` (a multiple of 16):
+        WinZip's counter is little-endian, 1 for the first block."""
+        counter = Counter.new(128, initial_value=1 + offset // 16, little_endian=True)
+        return AES.new(self.key, AES.MODE_CTR, counter=counter)
+
+    def authenticate(self, sealed: bytearray) -> None:
+        self._hashed.append(self._hashing.submit(self.mac.update, sealed))
+        if len(self._hashed) > AES_AHEAD:  # not too far behind: memory
+            self._hashed.popleft().result()
+
+    def encrypt(self, data: bytes) -> bytes:
+        # pyzipper's close() passes its (empty) compressor flush through here;
+        # the data itself comes sealed (_SealedWriteFile.write_sealed).
+        if data:
+            raise RuntimeError("plain data written to a sealed ZIP entry")
+        return b""
+
+    def flush(self) -> bytes:
+        while self._hashed:
+            self._hashed.popleft().result()
+        return self.mac.digest()[: self.hmac_size]
+
+    def close(self) -> None:
+        self._hashing.shutdown(cancel_futures=True)
+
+
+class _SealedWriteFile(pyzipper.zipfile._ZipWriteFile):  # noqa: SLF001 - pyzipper's hook (zipwritefile_cls)
+    """An entry being written from ciphertext: stored, so sizes are the data's."""
+
+    @property
+    def encrypter(self) -> Any:
+        return self._encrypter
+
+    def write_sealed(self, sealed: bytearray) -> None:
+        self._file_size += len(sealed)
+        self._compress_size += len(sealed)
+        self._encrypter.authenticate(sealed)
+        self._fileobj.write(sealed)
+
+
+class _SealingZipFile(pyzipper.AESZipFile):
+    """An AESZipFile whose entries are written from ciphertext (`_SealedWriteFile`)."""
+
+    zipwritefile_cls = _SealedWriteFile
+
+    def get_encrypter(self) -> _SealingEncrypter:
+        return _SealingEncrypter(self.pwd)

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -265,9 +266,10 @@ def export_command(container: str, metadata: dict[str, str], output: Path, ffmpe
     `from` is)."""
     options: dict[str, str | int] = {"c": "copy", "map": "0", "f": container}
     if container == "matroska":
-        # No CRC-32 element per cluster: computing them doubled the muxer's CPU time
-        # (3.1 s → 1.5 s of user time for an hour at 4 Mbit/s); they are optional in
-        # Matroska, and a handed-over file's integrity is the ZIP's/transport's job.
+        # No CRC-32 element per cluster: ffmpeg 5.1 computes them with a table CRC
+        # over every byte, 1.5 of the 2.2 s of CPU of a 1.5 GiB remux measured here
+        # (docs/design/playback.md). They are optional in Matroska; a handed-over
+        # file's integrity is the ZIP's HMAC (with a password) or the transfer's.
         options["write_crc32"] = 0
     output_stream = ffmpeg_python.output(ffmpeg_python.input("pipe:0", f="mp4"), str(output), **options)
     tags = [arg for key, value in metadata.items() for arg in ("-metadata", f"{key}={value}")]
@@ -275,34 +277,50 @@ def export_command(container: str, metadata: dict[str, str], output: Path, ffmpe
             str(output)]
 
 
-async def run_export(argv: list[str], chunks: Any, progress: Any) -> None:
-    """Run an export command, feeding it the clip's chunks (an iterator read in a
-    thread) on stdin; `progress(n)` after every n bytes. Raises RuntimeError with
-    ffmpeg's words if it fails. Cancelling kills ffmpeg."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_die_with_parent, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
-    )
-    assert proc.stdin is not None and proc.stderr is not None
+async def run_export(argv: list[str], feed: Callable[[int], None]) -> None:
+    """Run an export command with `feed(fd)` writing its input into the pipe `fd`
+    (ffmpeg's stdin); `feed` runs in a thread and reports its own progress. Raises
+    RuntimeError with ffmpeg's words if it fails. Cancelling kills ffmpeg (the
+    feeder then stops on a broken pipe)."""
+    # Our own pipe, not asyncio's: the feeder writes to it blocking from a thread
+    # (splice, no event-loop round trip per chunk). Close-on-exec, so no other child
+    # inherits the write end and keeps ffmpeg from seeing the end of its input.
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     # A 1 MiB pipe instead of 64 KiB: 16 times fewer wake-ups per byte copied.
     with contextlib.suppress(OSError):
-        fcntl.fcntl(proc.stdin.get_extra_info("pipe").fileno(), F_SETPIPE_SZ, 1 << 20)
+        fcntl.fcntl(write_fd, F_SETPIPE_SZ, 1 << 20)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=read_fd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent, env={**os.environ, "TZ": "UTC", "LC_ALL": "C"},
+        )
+    except BaseException:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    assert proc.stderr is not None
     errors = asyncio.create_task(proc.stderr.read())
     try:
-        try:
-            while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-                proc.stdin.write(chunk)
-                await proc.stdin.drain()
-                progress(len(chunk))
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # ffmpeg stopped reading: its exit status and stderr say why
+        await asyncio.to_thread(_feed, feed, write_fd)
         rc = await proc.wait()
     except BaseException:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        errors.cancel()
         raise
     stderr = (await errors).decode("utf-8", "replace").strip()
     if rc != 0:
         raise RuntimeError(f"ffmpeg failed ({rc}): {stderr[-500:]}")
+
+
+def _feed(feed: Callable[[int], None], fd: int) -> None:
+    """`feed(fd)`, then the end of input; the thread owns `fd` (it is closed here
+    even when the caller was cancelled and no longer waits)."""
+    try:
+        feed(fd)
+    except BrokenPipeError:
+        pass  # ffmpeg stopped reading: its exit status and stderr say why
+    finally:
+        os.close(fd)
