@@ -8,6 +8,11 @@ Tables:
   current as segments arrive and leave, and `gap_reason`: why there is a gap before
   it (offline, restart, storage-locked, disk-full, deleted, ...).
 
+Since schema 2 a segment row also says what a clip needs to join it whole without
+reading it (fmp4.Media, recorded at commit): where its fragments start
+(`media_offset`), their bytes and count, when the last one starts, and a digest of
+its track layout. NULL in rows indexed before: playback reads those files instead.
+
 `GET /recordings` reads runs, not segments: one camera over 30 days is a few rows
 to a few hundred, whatever the segment length.
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from nvrd.db import Database
+from nvrd.recording.fmp4 import Media
 
 MIGRATIONS: list[str] = [
     # 1: segments and runs.
@@ -56,6 +62,15 @@ MIGRATIONS: list[str] = [
     -- Start-up finds interrupted deletes without reading every row.
     CREATE INDEX segment_deleting ON segment (id) WHERE deleting = 1;
     """,
+    # 2: what playback needs of a segment without reading it (fmp4.Media). Adding
+    # nullable columns rewrites no row: old rows read as NULL.
+    """
+    ALTER TABLE segment ADD COLUMN media_offset INTEGER;
+    ALTER TABLE segment ADD COLUMN media_bytes INTEGER;
+    ALTER TABLE segment ADD COLUMN fragments INTEGER;
+    ALTER TABLE segment ADD COLUMN last_fragment_ms INTEGER;
+    ALTER TABLE segment ADD COLUMN layout INTEGER;
+    """,
 ]
 
 INDEX_NAME = "index.db"
@@ -75,13 +90,18 @@ class SegmentRow:
     note: str | None = None
     run_id: int | None = None
     id: int | None = None
+    media: Media | None = None  # None: not known (indexed before schema 2, or unreadable)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> SegmentRow:
+        media = None
+        if row["layout"] is not None:
+            media = Media(row["media_offset"], row["media_bytes"], row["fragments"], row["last_fragment_ms"],
+                          row["layout"])
         return cls(
             camera=row["camera"], start_ms=row["start_ms"], end_ms=row["end_ms"], bytes=row["bytes"],
             frames=row["frames"], keyframes=row["keyframes"], codec=row["codec"], audio=row["audio"],
-            path=row["path"], note=row["note"], run_id=row["run_id"], id=row["id"],
+            path=row["path"], note=row["note"], run_id=row["run_id"], id=row["id"], media=media,
         )
 
 
@@ -142,11 +162,15 @@ class RecordingIndex:
                         "INSERT INTO run (camera, start_ms, end_ms, gap_reason) VALUES (?, ?, ?, ?)",
                         (segment.camera, segment.start_ms, segment.end_ms, gap_reason),
                     ).lastrowid
+                media = segment.media
                 cursor = conn.execute(
-                    "INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes,"
-                    " codec, audio, path, note) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes, codec, audio,"
+                    " path, note, media_offset, media_bytes, fragments, last_fragment_ms, layout)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (segment.camera, run_id, segment.start_ms, segment.end_ms, segment.bytes, segment.frames,
-                     segment.keyframes, segment.codec, segment.audio, segment.path, segment.note),
+                     segment.keyframes, segment.codec, segment.audio, segment.path, segment.note,
+                     *((media.offset, media.bytes, media.fragments, media.last_start_ms, media.layout)
+                       if media else (None,) * 5)),
                 )
                 conn.execute(
                     "UPDATE run SET end_ms = max(end_ms, ?), bytes = bytes + ?, segments = segments + 1"

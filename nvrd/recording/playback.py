@@ -1,13 +1,16 @@
 """Playback from the stored segments, without ffmpeg: one MP4 for any range
 (clip.mp4, also what exports are made from) and HLS (docs/design/playback.md).
 
-A clip is planned from the index and the segments' boxes (fmp4.scan) before the
-first byte is sent: an init segment (the first segment's ftyp and moov, with an
-edit list so that playback starts at `from`), then the fragments of every segment
-in range, copied byte for byte except the sequence numbers and decode times
-(fmp4.patch_moof). The plan knows every byte's position, so the length, Range
-requests and the ETag come from it, and bytes are read from the files as they are
-sent: nothing is built in memory.
+A clip is planned before the first byte is sent: an init segment (the first
+segment's ftyp and moov, with an edit list so that playback starts at `from`),
+then the fragments of every segment in range, copied byte for byte except the
+sequence numbers and decode times (fmp4.patch_moof). Planning reads the boxes of
+the first and last segments only (fmp4.scan); a segment joined whole in between
+is planned from what the index keeps of it (fmp4.Media: its fragments' span and
+count, its track layout), and its boxes are read when its bytes are sent. So the
+plan knows every byte's position, the length, Range requests and the ETag come
+from it, and bytes are read from the files as they are sent: nothing is built in
+memory, and a month plans as fast as a minute.
 
 Time: a segment's place on the output timeline comes from the index (start_ms,
 the stream time anchored to the wall clock); gaps between segments are closed up,
@@ -16,17 +19,20 @@ so the footage either side plays on, and the gaps are reported beside the clip.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, datetime
 from pathlib import Path
 
 from nvrd.recording.fmp4 import (
-    Fragment, SegmentBoxes, movie_timescale, patch_moof, same_tracks, scan, with_edit_list, with_metadata,
+    Fragment, Media, SegmentBoxes, layout_digest, movie_timescale, patch_moof, same_tracks, scan, summarize,
+    with_edit_list, with_metadata,
 )
 from nvrd.recording.index import Gap, SegmentRow
 from nvrd.recording.mp4 import Mp4Error
@@ -49,14 +55,31 @@ class Piece:
     """Consecutive fragments of one segment, as they appear in the output."""
 
     path: Path
-    fragments: tuple[Fragment, ...]
+    fragments: tuple[Fragment, ...] | None  # None: all of them, read when sent (`indexed` says what they are)
     shift: dict[int, int]  # ticks added to each track's decode times
     first_sequence: int  # mfhd sequence number of the first fragment here
     offset: int  # where the piece starts in the output
+    indexed: Media | None = None
 
-    @property
+    @cached_property
     def length(self) -> int:
+        if self.fragments is None:
+            assert self.indexed is not None
+            return self.indexed.bytes
         return sum(f.size for f in self.fragments)
+
+    def read_fragments(self) -> tuple[Fragment, ...]:
+        """The fragments; for a piece planned from the index, read from the file
+        now, and they must be what the index said (the length was promised)."""
+        if self.fragments is not None:
+            return self.fragments
+        try:
+            boxes = scan(self.path)
+        except Mp4Error as exc:
+            raise OSError(f"{self.path}: {exc}") from exc
+        if summarize(boxes) != self.indexed:
+            raise OSError(f"{self.path}: not the segment the index describes")
+        return boxes.fragments
 
 
 @dataclass(frozen=True)
@@ -78,10 +101,10 @@ class Clip:
         ftyp_size = int.from_bytes(self.init[:4], "big")
         init = self.init[:ftyp_size] + with_metadata(self.init[ftyp_size:], tags)
         moved = len(init) - len(self.init)
-        pieces = tuple(Piece(p.path, p.fragments, p.shift, p.first_sequence, p.offset + moved) for p in self.pieces)
+        pieces = tuple(dataclasses.replace(p, offset=p.offset + moved) for p in self.pieces)
         return Clip(init, pieces, self.etag, self.start_ms, self.from_ms, self.end_ms, self.gaps, self.stopped_early_ms)
 
-    @property
+    @cached_property
     def size(self) -> int:
         return len(self.init) + sum(p.length for p in self.pieces)
 
@@ -142,7 +165,7 @@ def _piece_parts(piece: Piece, start: int, end: int) -> Iterator[bytes | Extent]
     fd = os.open(piece.path, os.O_RDONLY)
     try:
         position = piece.offset  # output offset of the current fragment
-        for index, fragment in enumerate(piece.fragments):
+        for index, fragment in enumerate(piece.read_fragments()):
             if position >= end:
                 break
             if position + fragment.size > start:
@@ -158,28 +181,43 @@ def _piece_parts(piece: Piece, start: int, end: int) -> Iterator[bytes | Extent]
         os.close(fd)
 
 
-def _video(boxes: SegmentBoxes) -> int:
-    return next((tid for tid, t in boxes.tracks.items() if t.handler == "vide"), min(boxes.tracks))
-
-
 def _fragment_ms(row: SegmentRow, boxes: SegmentBoxes, fragment: Fragment, video_only: bool = False) -> float | None:
     """Wall time of a fragment's first video frame; of its first sample if it holds
     no video (a segment's last fragment can be audio only), unless `video_only`."""
-    video = _video(boxes)
-    t = boxes.start(fragment, video)
-    if t is not None:
-        return row.start_ms + t * 1000 / boxes.tracks[video].timescale
-    if video_only or not fragment.starts:
-        return None
-    return row.start_ms + min(v * 1000 / boxes.tracks[tid].timescale for tid, v in fragment.starts)
+    t = boxes.fragment_ms(fragment, video_only)
+    return None if t is None else row.start_ms + t
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A segment's share of a clip: `fragments` of its scanned `boxes`, or (boxes
+    None) all of its fragments, as the index describes them (row.media)."""
+
+    row: SegmentRow
+    boxes: SegmentBoxes | None
+    fragments: list[Fragment] | None
+
+
+def _joins_whole(row: SegmentRow, layout: int, to_ms: int) -> bool:
+    """Can the index alone say that all of this segment's fragments follow the first
+    segment's, with its tracks? (Its fragments all start before `to`, and its
+    layout digest is the first segment's.) Otherwise it is read now."""
+    media = row.media
+    return media is not None and media.layout == layout and row.start_ms + media.last_start_ms < to_ms
 
 
 def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, gaps: list[Gap]) -> Clip | None:
     """The clip for [from, to] over `rows` (the segments that overlap it, in order),
-    or None if no frame lies in range. Reads the segments' boxes: run it in a thread."""
-    chosen: list[tuple[SegmentRow, SegmentBoxes, list[Fragment]]] = []
+    or None if no frame lies in range. Reads the boxes of the first and last
+    segments, and of any between that the index does not describe (rows indexed
+    before it kept fmp4.Media): run it in a thread."""
+    chosen: list[_Part] = []
+    layout = 0
     stopped_early = None
-    for row in rows:
+    for number, row in enumerate(rows):
+        if chosen and number < len(rows) - 1 and _joins_whole(row, layout, to_ms):
+            chosen.append(_Part(row, None, None))
+            continue
         try:
             boxes = scan(volume / row.path)
         except (OSError, Mp4Error) as exc:
@@ -197,7 +235,7 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
                 continue
             first = max((i for t, i in video if t <= from_ms), default=video[0][1])
             fragments = fragments[first:]
-        elif not same_tracks(chosen[0][1], boxes):
+        elif not same_tracks(_boxes(chosen[0]), boxes):
             stopped_early = row.start_ms
             break
         kept = []
@@ -207,11 +245,14 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
                 break
             kept.append(fragment)
         if kept:
-            chosen.append((row, boxes, kept))
+            if not chosen:
+                layout = layout_digest(boxes)
+            chosen.append(_Part(row, boxes, kept))
     if not chosen:
         return None
 
-    row0, boxes0, fragments0 = chosen[0]
+    row0, boxes0, fragments0 = chosen[0].row, _boxes(chosen[0]), chosen[0].fragments
+    assert fragments0 is not None
     # The output starts at 0 with the earliest decode time of the first fragment
     # (audio may begin a little before the keyframe).
     base_ms = min(
@@ -224,38 +265,47 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
     offset, sequence, closed_up = 0, 1, 0
     previous: SegmentRow | None = None
     end_out_ms = 0
-    for row, boxes, fragments in chosen:
+    digest = hashlib.sha256(f"{FORMAT_VERSION} {from_ms} {to_ms}".encode())
+    for part in chosen:
+        row, boxes, fragments = part.row, part.boxes, part.fragments
         if previous is not None:
             closed_up += max(0, row.start_ms - previous.end_ms)
         position_ms = row.start_ms - row0.start_ms - closed_up
+        # A segment joined whole has the first's tracks (its layout digest says so).
+        tracks = (boxes or boxes0).tracks
         shift = {
             tid: ticks(position_ms, track.timescale) - ticks(base_ms, track.timescale)
-            for tid, track in boxes.tracks.items()
+            for tid, track in tracks.items()
         }
-        piece = Piece(volume / row.path, tuple(fragments), shift, sequence, offset)
+        if boxes is None or fragments is None:
+            assert row.media is not None
+            piece = Piece(volume / row.path, None, shift, sequence, offset, row.media)
+            first_offset, count = row.media.offset, row.media.fragments
+            whole = True
+        else:
+            piece = Piece(volume / row.path, tuple(fragments), shift, sequence, offset)
+            first_offset, count = fragments[0].offset, len(fragments)
+            whole = fragments[-1] is boxes.fragments[-1]
         pieces.append(piece)
         offset += piece.length
-        sequence += len(fragments)
-        if fragments[-1] is boxes.fragments[-1]:
+        sequence += count
+        if whole:
             end_out_ms = position_ms + row.end_ms - row.start_ms - base_ms
         else:
+            assert boxes is not None and fragments is not None
             following = boxes.fragments[boxes.fragments.index(fragments[-1]) + 1]
             t = _fragment_ms(row, boxes, following)
             end_out_ms = position_ms + round((t if t is not None else row.end_ms) - row.start_ms) - base_ms
+        digest.update(f" {row.id}:{row.path}:{row.bytes}:{first_offset}:{count}".encode())
         previous = row
 
     movie = movie_timescale(boxes0.moov)
     media_time = {tid: ticks(lead_ms, track.timescale) for tid, track in boxes0.tracks.items()}
     moov = with_edit_list(boxes0.moov, media_time, ticks(max(0, end_out_ms - lead_ms), movie))
     init = boxes0.ftyp + moov
-    pieces = [Piece(p.path, p.fragments, p.shift, p.first_sequence, p.offset + len(init)) for p in pieces]
-
-    digest = hashlib.sha256(f"{FORMAT_VERSION} {from_ms} {to_ms}".encode())
-    for row, _boxes, fragments in chosen:
-        digest.update(f" {row.id}:{row.path}:{row.bytes}:{fragments[0].offset}:{len(fragments)}".encode())
     return Clip(
         init=init,
-        pieces=tuple(pieces),
+        pieces=tuple(dataclasses.replace(p, offset=p.offset + len(init)) for p in pieces),
         etag=f'"{digest.hexdigest()[:32]}"',
         start_ms=first_frame_ms,
         from_ms=max(from_ms, first_frame_ms),
@@ -263,6 +313,11 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
         gaps=gaps,
         stopped_early_ms=stopped_early,
     )
+
+
+def _boxes(part: _Part) -> SegmentBoxes:
+    assert part.boxes is not None  # the first part is always read
+    return part.boxes
 
 
 def iso(ms: int) -> str:

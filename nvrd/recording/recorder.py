@@ -388,7 +388,7 @@ class CameraSupervisor:
         row = SegmentRow(
             camera=self.name, start_ms=start_ms, end_ms=end_ms, bytes=info.bytes, frames=info.frames,
             keyframes=info.keyframes, codec=info.codec, audio=_audio_name(info),
-            path=layout.relative(final), note=verdict.note, run_id=self.run_id,
+            path=layout.relative(final), note=verdict.note, run_id=self.run_id, media=verdict.media,
         )
         row = await index.insert(row, self.pending_reason or "restart")
         self.run_id = row.run_id
@@ -823,7 +823,7 @@ async def _reconcile_camera(layout: Layout, index: RecordingIndex, camera: str, 
             camera=camera, start_ms=start_ms, end_ms=end_ms, bytes=verdict.info.bytes,
             frames=verdict.info.frames, keyframes=verdict.info.keyframes, codec=verdict.info.codec,
             audio=_audio_name(verdict.info), path=relative, note="recovered",
-            run_id=last.run_id if same_run and last else None,
+            run_id=last.run_id if same_run and last else None, media=verdict.media,
         )
         await index.insert(row, "restart")
         report.recovered += 1
@@ -855,6 +855,7 @@ async def _reconcile_camera(layout: Layout, index: RecordingIndex, camera: str, 
             frames=verdict.info.frames, keyframes=verdict.info.keyframes, codec=verdict.info.codec,
             audio=_audio_name(verdict.info), path=layout.relative(final),
             note="recovered" + (",truncated" if verdict.info.truncated else ""), run_id=last.run_id,
+            media=verdict.media,
         )
         await index.insert(row, "restart")
         report.recovered += 1
