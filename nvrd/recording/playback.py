@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from nvrd.recording.fmp4 import (
     Fragment, Media, SegmentBoxes, layout_digest, movie_timescale, patch_moof, same_tracks, scan, summarize,
     with_edit_list, with_metadata,
 )
-from nvrd.recording.index import Gap, SegmentRow
+from nvrd.recording.index import ClipRow, Gap, SegmentRow
 from nvrd.recording.mp4 import Mp4Error
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,47 @@ class Piece:
 
 
 @dataclass(frozen=True)
+class Span:
+    """Segments joined whole one after another, planned from the index alone
+    (ClipRow): their pieces are made as the bytes are sent, so a month of segments
+    costs the plan one pass over the rows, not an object each."""
+
+    volume: Path
+    rows: Sequence[ClipRow]  # rows[start:stop] are the span's
+    start: int
+    stop: int
+    timescales: dict[int, int]  # of the first segment's tracks (the layout digest says they are these)
+    origin_ms: int  # start_ms of the clip's first segment
+    base_ms: int  # the clip's time 0 after origin_ms
+    closed_up_ms: int  # gaps closed up before the span's first segment, not counting the one just before it
+    previous_end_ms: int  # end_ms of the segment before the span
+    first_sequence: int
+    offset: int
+    length: int
+
+    def walk(self, start: int, end: int) -> Iterator[Piece]:
+        """The pieces holding output bytes [start, end)."""
+        closed_up, previous_end = self.closed_up_ms, self.previous_end_ms
+        sequence, offset = self.first_sequence, self.offset
+        for row in itertools.islice(self.rows, self.start, self.stop):
+            if offset >= end:
+                break
+            closed_up += max(0, row.start_ms - previous_end)
+            previous_end = row.end_ms
+            length, count = row.media_bytes or 0, row.fragments or 0
+            if offset + length > start:
+                position_ms = row.start_ms - self.origin_ms - closed_up
+                shift = {tid: ticks(position_ms, ts) - ticks(self.base_ms, ts) for tid, ts in self.timescales.items()}
+                yield Piece(self.volume / row.path, None, shift, sequence, offset, row.media)
+            offset, sequence = offset + length, sequence + count
+
+
+@dataclass(frozen=True)
 class Clip:
     """A planned MP4: its init segment, then pieces; `size` bytes in all."""
 
     init: bytes
-    pieces: tuple[Piece, ...]
+    pieces: tuple[Piece | Span, ...]
     etag: str
     start_ms: int  # wall time of the first frame (the keyframe at or before `from`)
     from_ms: int  # where playback starts (the edit list)
@@ -142,11 +179,12 @@ class Clip:
         end = self.size if end is None else min(end, self.size)
         if start < len(self.init):
             yield self.init[start : min(end, len(self.init))]
-        for piece in self.pieces:
-            if piece.offset >= end:
+        for item in self.pieces:
+            if item.offset >= end:
                 break
-            if piece.offset + piece.length > start:
-                yield from _piece_parts(piece, start, end)
+            if item.offset + item.length > start:
+                for piece in item.walk(start, end) if isinstance(item, Span) else (item,):
+                    yield from _piece_parts(piece, start, end)
 
 
 @dataclass(frozen=True)
@@ -181,7 +219,7 @@ def _piece_parts(piece: Piece, start: int, end: int) -> Iterator[bytes | Extent]
         os.close(fd)
 
 
-def _fragment_ms(row: SegmentRow, boxes: SegmentBoxes, fragment: Fragment, video_only: bool = False) -> float | None:
+def _fragment_ms(row: ClipRow, boxes: SegmentBoxes, fragment: Fragment, video_only: bool = False) -> float | None:
     """Wall time of a fragment's first video frame; of its first sample if it holds
     no video (a segment's last fragment can be audio only), unless `video_only`."""
     t = boxes.fragment_ms(fragment, video_only)
@@ -190,41 +228,62 @@ def _fragment_ms(row: SegmentRow, boxes: SegmentBoxes, fragment: Fragment, video
 
 @dataclass(frozen=True)
 class _Part:
-    """A segment's share of a clip: `fragments` of its scanned `boxes`, or (boxes
-    None) all of its fragments, as the index describes them (row.media)."""
+    """A segment's share of a clip, read now: `fragments` of its `boxes`."""
 
-    row: SegmentRow
-    boxes: SegmentBoxes | None
-    fragments: list[Fragment] | None
-
-
-def _joins_whole(row: SegmentRow, layout: int, to_ms: int) -> bool:
-    """Can the index alone say that all of this segment's fragments follow the first
-    segment's, with its tracks? (Its fragments all start before `to`, and its
-    layout digest is the first segment's.) Otherwise it is read now."""
-    media = row.media
-    return media is not None and media.layout == layout and row.start_ms + media.last_start_ms < to_ms
+    row: ClipRow
+    boxes: SegmentBoxes
+    fragments: list[Fragment]
 
 
-def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, gaps: list[Gap]) -> Clip | None:
+@dataclass(frozen=True)
+class _Whole:
+    """rows[start:stop]: segments joined whole, as the index describes them."""
+
+    start: int
+    stop: int
+
+
+def _whole_until(rows: Sequence[ClipRow], start: int, stop: int, layout: int, to_ms: int) -> int:
+    """Where the segments from `start` on stop being ones the index alone can say
+    are joined whole: every fragment starts before `to`, and their layout digest is
+    the first segment's (same tracks, timescales and sample descriptions). Rows
+    without Media (indexed before schema 2) are read instead."""
+    i = start
+    while i < stop:
+        row = rows[i]
+        if row.layout != layout or row.start_ms + row.last_fragment_ms >= to_ms:  # type: ignore[operator]
+            break
+        i += 1
+    return i
+
+
+def plan_clip(
+    volume: Path, camera: str, rows: Sequence[ClipRow], from_ms: int, to_ms: int, gaps: list[Gap]
+) -> Clip | None:
     """The clip for [from, to] over `rows` (the segments that overlap it, in order),
     or None if no frame lies in range. Reads the boxes of the first and last
-    segments, and of any between that the index does not describe (rows indexed
-    before it kept fmp4.Media): run it in a thread."""
-    chosen: list[_Part] = []
+    segments, and of any between that the index does not describe: run it in a
+    thread."""
+    chosen: list[_Part | _Whole] = []
     layout = 0
     stopped_early = None
-    for number, row in enumerate(rows):
-        if chosen and number < len(rows) - 1 and _joins_whole(row, layout, to_ms):
-            chosen.append(_Part(row, None, None))
-            continue
+    last, i = len(rows) - 1, 0
+    while i <= last:
+        if chosen and i < last:
+            whole = _whole_until(rows, i, last, layout, to_ms)
+            if whole > i:
+                chosen.append(_Whole(i, whole))
+                i = whole
+                continue
+        row = rows[i]
+        i += 1
         try:
             boxes = scan(volume / row.path)
         except (OSError, Mp4Error) as exc:
             # A file gone or damaged behind the index's back (by hand, a disk
             # error): the footage either side still plays, and the hole is shown.
             log.warning("clip: segment %s skipped: %s", row.path, exc)
-            gaps = sorted([*gaps, Gap(row.camera, row.start_ms, row.end_ms, "missing")], key=lambda g: g.start_ms)
+            gaps = sorted([*gaps, Gap(camera, row.start_ms, row.end_ms, "missing")], key=lambda g: g.start_ms)
             continue
         fragments = list(boxes.fragments)
         if not chosen:
@@ -235,7 +294,7 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
                 continue
             first = max((i for t, i in video if t <= from_ms), default=video[0][1])
             fragments = fragments[first:]
-        elif not same_tracks(_boxes(chosen[0]), boxes):
+        elif not same_tracks(_first(chosen).boxes, boxes):
             stopped_early = row.start_ms
             break
         kept = []
@@ -251,8 +310,8 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
     if not chosen:
         return None
 
-    row0, boxes0, fragments0 = chosen[0].row, _boxes(chosen[0]), chosen[0].fragments
-    assert fragments0 is not None
+    part0 = _first(chosen)
+    row0, boxes0, fragments0 = part0.row, part0.boxes, part0.fragments
     # The output starts at 0 with the earliest decode time of the first fragment
     # (audio may begin a little before the keyframe).
     base_ms = min(
@@ -260,49 +319,69 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
     )
     first_frame_ms = row0.start_ms + base_ms
     lead_ms = max(0, from_ms - first_frame_ms)
+    timescales0 = {tid: track.timescale for tid, track in boxes0.tracks.items()}
 
-    pieces: list[Piece] = []
+    pieces: list[Piece | Span] = []
     offset, sequence, closed_up = 0, 1, 0
-    previous: SegmentRow | None = None
+    previous_end: int | None = None
     end_out_ms = 0
-    digest = hashlib.sha256(f"{FORMAT_VERSION} {from_ms} {to_ms}".encode())
+    # The ETag: what the bytes are a function of, summed over the segments (a
+    # string per segment would cost a month's clip tens of ms), with the first and
+    # last segments' cuts.
+    ids = sizes = first_offsets = counts = 0
     for part in chosen:
+        if isinstance(part, _Whole):
+            assert previous_end is not None  # a _Whole follows the first part
+            closed_up_before, end_before = closed_up, previous_end
+            length = count = 0
+            for row in itertools.islice(rows, part.start, part.stop):
+                closed_up += max(0, row.start_ms - previous_end)
+                previous_end = row.end_ms
+                length += row.media_bytes  # type: ignore[operator]
+                count += row.fragments  # type: ignore[operator]
+                ids += row.id
+                sizes += row.bytes
+                first_offsets += row.media_offset  # type: ignore[operator]
+            pieces.append(Span(volume, rows, part.start, part.stop, timescales0, row0.start_ms, base_ms,
+                               closed_up_before, end_before, sequence, offset, length))
+            offset += length
+            sequence += count
+            counts += count
+            row = rows[part.stop - 1]
+            end_out_ms = row.end_ms - row0.start_ms - closed_up - base_ms
+            continue
         row, boxes, fragments = part.row, part.boxes, part.fragments
-        if previous is not None:
-            closed_up += max(0, row.start_ms - previous.end_ms)
+        if previous_end is not None:
+            closed_up += max(0, row.start_ms - previous_end)
         position_ms = row.start_ms - row0.start_ms - closed_up
-        # A segment joined whole has the first's tracks (its layout digest says so).
-        tracks = (boxes or boxes0).tracks
         shift = {
             tid: ticks(position_ms, track.timescale) - ticks(base_ms, track.timescale)
-            for tid, track in tracks.items()
+            for tid, track in boxes.tracks.items()
         }
-        if boxes is None or fragments is None:
-            assert row.media is not None
-            piece = Piece(volume / row.path, None, shift, sequence, offset, row.media)
-            first_offset, count = row.media.offset, row.media.fragments
-            whole = True
-        else:
-            piece = Piece(volume / row.path, tuple(fragments), shift, sequence, offset)
-            first_offset, count = fragments[0].offset, len(fragments)
-            whole = fragments[-1] is boxes.fragments[-1]
+        piece = Piece(volume / row.path, tuple(fragments), shift, sequence, offset)
         pieces.append(piece)
         offset += piece.length
-        sequence += count
-        if whole:
+        sequence += len(fragments)
+        if fragments[-1] is boxes.fragments[-1]:
             end_out_ms = position_ms + row.end_ms - row.start_ms - base_ms
         else:
-            assert boxes is not None and fragments is not None
             following = boxes.fragments[boxes.fragments.index(fragments[-1]) + 1]
             t = _fragment_ms(row, boxes, following)
             end_out_ms = position_ms + round((t if t is not None else row.end_ms) - row.start_ms) - base_ms
-        digest.update(f" {row.id}:{row.path}:{row.bytes}:{first_offset}:{count}".encode())
-        previous = row
+        ids, sizes, first_offsets, counts = (
+            ids + row.id, sizes + row.bytes, first_offsets + fragments[0].offset, counts + len(fragments))
+        previous_end = row.end_ms
 
     movie = movie_timescale(boxes0.moov)
     media_time = {tid: ticks(lead_ms, track.timescale) for tid, track in boxes0.tracks.items()}
     moov = with_edit_list(boxes0.moov, media_time, ticks(max(0, end_out_ms - lead_ms), movie))
     init = boxes0.ftyp + moov
+    last_part = chosen[-1]
+    last_row = rows[last_part.stop - 1] if isinstance(last_part, _Whole) else last_part.row
+    digest = hashlib.sha256(
+        f"{FORMAT_VERSION} {from_ms} {to_ms} {ids} {sizes} {first_offsets} {counts} {row0.path}"
+        f" {fragments0[0].offset} {len(fragments0)} {last_row.path} {offset}".encode()
+    )
     return Clip(
         init=init,
         pieces=tuple(dataclasses.replace(p, offset=p.offset + len(init)) for p in pieces),
@@ -315,9 +394,10 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
     )
 
 
-def _boxes(part: _Part) -> SegmentBoxes:
-    assert part.boxes is not None  # the first part is always read
-    return part.boxes
+def _first(chosen: list[_Part | _Whole]) -> _Part:
+    part = chosen[0]
+    assert isinstance(part, _Part)  # the first segment is always read
+    return part
 
 
 def iso(ms: int) -> str:

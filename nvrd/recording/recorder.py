@@ -685,10 +685,10 @@ class Recorder:
         await self.require_camera(camera)
         index = self._index()
         assert self.layout is not None
-        rows = await index.segments(camera, from_ms, to_ms, limit=MAX_CLIP_SEGMENTS)
+        rows = await index.clip_rows(camera, from_ms, to_ms, limit=MAX_CLIP_SEGMENTS)
         _runs, gaps = await self.runs_and_gaps([camera], from_ms, to_ms)
         gaps = [g for g in gaps if g.end_ms > from_ms and g.start_ms < to_ms]
-        clip = await asyncio.to_thread(playback.plan_clip, self.layout.volume, rows, from_ms, to_ms, gaps)
+        clip = await asyncio.to_thread(playback.plan_clip, self.layout.volume, camera, rows, from_ms, to_ms, gaps)
         if clip is None:
             raise NotFound(f"camera {camera!r} recorded nothing between from and to", field="from", camera=camera)
         return clip
