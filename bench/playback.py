@@ -9,9 +9,9 @@
    of playback.m3u8 (1 hour) for a range 7 days back in the 10-million-row index
    that bench/recording.py builds (cached in build/bench): on a fresh daemon, its
    first request (from the disk where the page cache can be dropped) and warm ones.
-   The segment files a clip plans from (its first and last; all of the 5-minute
-   one) are hard links to a real segment, and camera c042's rows describe that
-   segment's fragments (fmp4.Media); the rest of that index has no files.
+   The segment files of camera c042 in those ranges are hard links to the hour's
+   real segments, which its rows describe (fmp4.Media); the rest of that index has
+   no files.
 
 `python -m bench.playback` runs both; `--skip-export`, `--skip-ttfb` one of them.
 """
@@ -165,81 +165,93 @@ def drop_page_cache() -> bool:
     return True
 
 
-def ttfb_index(rows: int, real: Path) -> Path:
-    """The cached `rows`-row index, every row of camera c042 describing `real`'s
-    fragments (fmp4.Media, as the recorder records at commit)."""
+def ttfb_index(rows: int, reals: list[Path]) -> Path:
+    """The cached `rows`-row index; camera c042's row `id` describes the fragments
+    of reals[id % len(reals)] (fmp4.Media, as the recorder records at commit), the
+    file its requested rows are linked to."""
     from nvrd.recording.fmp4 import scan, summarize
 
-    media = summarize(scan(real))
-    assert media is not None
+    medias = [summarize(scan(real)) for real in reals]
     volume = WORK / f"index-{rows}" / "volume"
     db = volume / "recordings" / "index.db"
     if not db.exists():
         started = time.monotonic()
-        build_index(db.with_suffix(".part"), rows, 128, media=media)
+        build_index(db.with_suffix(".part"), rows, 128, media=medias[0])
         db.with_suffix(".part").rename(db)
         print(f"  built a {rows:,}-row index in {time.monotonic() - started:.0f} s (cached in {db.parent})")
-    # An index built by bench/recording.py (rows without Media, or an older schema):
-    # describe c042's rows, which are the ones requested.
     from nvrd.db import connect, migrate
     from nvrd.recording.index import MIGRATIONS
 
     conn = connect(db)
-    migrate(conn, MIGRATIONS, db)
-    changed = conn.execute(
-        "UPDATE segment SET media_offset = ?, media_bytes = ?, fragments = ?, last_fragment_ms = ?, layout = ?"
-        " WHERE camera = 'c042' AND layout IS NOT ?",
-        (media.offset, media.bytes, media.fragments, media.last_start_ms, media.layout, media.layout),
-    ).rowcount
+    migrate(conn, MIGRATIONS, db)  # an index built by bench/recording.py, or an older schema
+    changed = 0
+    conn.execute("BEGIN")
+    for k, media in enumerate(medias):
+        assert media is not None
+        changed += conn.execute(
+            "UPDATE segment SET media_offset = ?, media_bytes = ?, fragments = ?, last_fragment_ms = ?, layout = ?"
+            " WHERE camera = 'c042' AND id % ? = ? AND (media_bytes IS NOT ? OR layout IS NOT ?)",
+            (media.offset, media.bytes, media.fragments, media.last_start_ms, media.layout, len(medias), k,
+             media.bytes, media.layout),
+        ).rowcount
+    conn.execute("COMMIT")
     conn.close()
     if changed:
-        print(f"  described {changed:,} rows of c042 as the real segment's fragments")
+        print(f"  described {changed:,} rows of c042 as the real segments' fragments")
     # Start-up reconciliation drops rows without files in each camera's newest hour:
     # without these, every daemon start would shorten the index by an hour.
     touch_tail(volume)
     return volume
 
 
-def link_segment(volume: Path, conn: sqlite3.Connection, sql: str, args: tuple[int, ...], real: Path) -> int:
-    """Hard-link the real segment where the index row `sql` finds says a file is;
-    its start."""
-    path, start = conn.execute(sql, args).fetchone()
-    target = volume / path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists() or target.stat().st_size == 0:
+def link_range(volume: Path, conn: sqlite3.Connection, from_ms: int, to_ms: int, reals: list[Path]) -> int:
+    """Hard-link a real segment wherever a c042 row overlapping [from, to] says a
+    file is (each real file gets a share: a month is 45 000 links, and an inode
+    takes 65 000 at most); how many were made."""
+    made = 0
+    for segment_id, path in conn.execute(
+        "SELECT id, path FROM segment WHERE camera = 'c042' AND start_ms < ? AND end_ms > ? ORDER BY start_ms",
+        (to_ms, from_ms),
+    ).fetchall():
+        target = volume / path
+        if target.exists() and target.stat().st_size > 0:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)
-        os.link(real, target)
-    return start
+        os.link(reals[segment_id % len(reals)], target)
+        made += 1
+    return made
 
 
 def ttfb(rows: int, reps: int) -> None:
     """Time to first byte 7 days back: clip.mp4 of 5 minutes, and of 1, 7 and 31
     days ending there; playback.m3u8 of 1 hour. Each on a freshly started daemon:
-    its first request, then `reps` more. The first and last segment files of each
-    clip are links to a real segment; those between have no file: a clip plans
-    without reading them, and one byte of it is all that is read here."""
-    real = next((hour_of_video() / "recordings" / CAMERA).rglob("*.mp4"))
-    volume = ttfb_index(rows, real)
+    its first request, then `reps` more. Every segment file of the clips' ranges is
+    a link to one of the hour's real segments, which the rows describe; a clip
+    plans from the first and last files and the index (and lists the directories
+    between), and one byte of it is all that is read here."""
+    reals = sorted((hour_of_video() / "recordings" / CAMERA).rglob("*.mp4"))
+    volume = ttfb_index(rows, reals)
     conn = sqlite3.connect(volume / "recordings" / "index.db")
     last = conn.execute("SELECT max(end_ms) FROM segment WHERE camera = 'c042'").fetchone()[0]
-    after = "SELECT path, start_ms FROM segment WHERE camera = 'c042' AND end_ms > ? ORDER BY start_ms LIMIT 1"
-    before = "SELECT path, start_ms FROM segment WHERE camera = 'c042' AND start_ms < ? ORDER BY start_ms DESC LIMIT 1"
-    first = link_segment(volume, conn, after, (last - 7 * 86_400_000,), real)
+    first = conn.execute(
+        "SELECT start_ms FROM segment WHERE camera = 'c042' AND end_ms > ? ORDER BY start_ms LIMIT 1",
+        (last - 7 * 86_400_000,),
+    ).fetchone()[0]
     clip_from, clip_to = first + 10_000, first + 290_000
-    for minute in range(0, 6):  # the 5-minute clip's files, all of them (it may be read through)
-        link_segment(volume, conn, after, (first + minute * 60_000,), real)
     day = 86_400_000
     requests = {
         "clip.mp4, 5 min": f"/api/v1/cameras/c042/clip.mp4?from={iso(clip_from)}&to={iso(clip_to)}",
         "playback.m3u8, 1 h": f"/api/v1/cameras/c042/playback.m3u8?from={iso(first)}&to={iso(first + 3_600_000)}",
     }
     for days in (1, 7, 31):
-        start = link_segment(volume, conn, after, (clip_to - days * day,), real)
-        link_segment(volume, conn, before, (clip_to,), real)
         requests[f"clip.mp4, {days} d"] = (
-            f"/api/v1/cameras/c042/clip.mp4?from={iso(max(start, clip_to - days * day))}&to={iso(clip_to)}"
+            f"/api/v1/cameras/c042/clip.mp4?from={iso(clip_to - days * day)}&to={iso(clip_to)}"
         )
+    made = link_range(volume, conn, clip_to - 31 * day, clip_to, reals)
     conn.close()
+    if made:
+        print(f"  linked {made:,} segment files")
     cold = drop_page_cache()
     print(f"  time to first byte, 7 days back in a {rows:,}-row index, on a daemon started for each,"
           f" then {reps} requests:")

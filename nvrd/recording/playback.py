@@ -243,18 +243,38 @@ class _Whole:
     stop: int
 
 
-def _whole_until(rows: Sequence[ClipRow], start: int, stop: int, layout: int, to_ms: int) -> int:
+def _whole_until(
+    rows: Sequence[ClipRow], start: int, stop: int, layout: int, to_ms: int, present: set[str]
+) -> int:
     """Where the segments from `start` on stop being ones the index alone can say
-    are joined whole: every fragment starts before `to`, and their layout digest is
-    the first segment's (same tracks, timescales and sample descriptions). Rows
-    without Media (indexed before schema 2) are read instead."""
+    are joined whole: every fragment starts before `to`, their layout digest is
+    the first segment's (same tracks, timescales and sample descriptions), and the
+    file is there. The others are read now: rows without Media (indexed before
+    schema 2), and missing files (which become gaps)."""
     i = start
     while i < stop:
         row = rows[i]
-        if row.layout != layout or row.start_ms + row.last_fragment_ms >= to_ms:  # type: ignore[operator]
+        if (row.layout != layout or row.start_ms + row.last_fragment_ms >= to_ms  # type: ignore[operator]
+                or row.path not in present):
             break
         i += 1
     return i
+
+
+def _present(volume: Path, rows: Sequence[ClipRow]) -> set[str]:
+    """Which of the rows' files exist (paths relative to the volume): one listdir
+    per directory (a month of 60 s segments is 744 hour directories) rather than a
+    stat per file, so that a file removed behind the index's back is still a gap
+    in the plan, not an error halfway through the response."""
+    found: set[str] = set()
+    for directory in {row.path.rpartition("/")[0] for row in rows}:
+        try:
+            names = os.listdir(volume / directory)
+        except OSError:
+            continue
+        prefix = f"{directory}/" if directory else ""
+        found.update(prefix + name for name in names)
+    return found
 
 
 def plan_clip(
@@ -265,12 +285,14 @@ def plan_clip(
     segments, and of any between that the index does not describe: run it in a
     thread."""
     chosen: list[_Part | _Whole] = []
+    missing: list[Gap] = []
     layout = 0
     stopped_early = None
     last, i = len(rows) - 1, 0
+    present = _present(volume, rows[1:last])
     while i <= last:
         if chosen and i < last:
-            whole = _whole_until(rows, i, last, layout, to_ms)
+            whole = _whole_until(rows, i, last, layout, to_ms, present)
             if whole > i:
                 chosen.append(_Whole(i, whole))
                 i = whole
@@ -283,7 +305,7 @@ def plan_clip(
             # A file gone or damaged behind the index's back (by hand, a disk
             # error): the footage either side still plays, and the hole is shown.
             log.warning("clip: segment %s skipped: %s", row.path, exc)
-            gaps = sorted([*gaps, Gap(camera, row.start_ms, row.end_ms, "missing")], key=lambda g: g.start_ms)
+            missing.append(Gap(camera, row.start_ms, row.end_ms, "missing"))
             continue
         fragments = list(boxes.fragments)
         if not chosen:
@@ -307,6 +329,8 @@ def plan_clip(
             if not chosen:
                 layout = layout_digest(boxes)
             chosen.append(_Part(row, boxes, kept))
+    if missing:
+        gaps = sorted([*gaps, *missing], key=lambda g: g.start_ms)
     if not chosen:
         return None
 

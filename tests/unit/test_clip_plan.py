@@ -114,3 +114,13 @@ def test_tagged_clip_moves_every_piece_alike(tmp_path: Path) -> None:
     plain, with_tags = whole(clip), whole(tagged)
     assert len(with_tags) == tagged.size
     assert with_tags[len(tagged.init):] == plain[len(clip.init):]
+
+
+def test_a_missing_file_in_the_middle_is_a_gap_as_before(tmp_path: Path) -> None:
+    rows = recording(tmp_path, 5)
+    (tmp_path / rows[2].path).unlink()
+    new = plan_clip(tmp_path, "c", rows, T0, T0 + 5 * LENGTH_MS, [])
+    old = plan_clip(tmp_path, "c", unindexed(rows), T0, T0 + 5 * LENGTH_MS, [])
+    assert new is not None and old is not None
+    assert [(g.start_ms, g.end_ms, g.reason) for g in new.gaps] == [(rows[2].start_ms, rows[2].end_ms, "missing")]
+    assert new.gaps == old.gaps and new.etag == old.etag and whole(new) == whole(old)
