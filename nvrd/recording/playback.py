@@ -244,7 +244,7 @@ class _Whole:
 
 
 def _whole_until(
-    rows: Sequence[ClipRow], start: int, stop: int, layout: int, to_ms: int, present: set[str]
+    rows: Sequence[ClipRow], start: int, stop: int, layout: int, to_ms: int, missing: set[str]
 ) -> int:
     """Where the segments from `start` on stop being ones the index alone can say
     are joined whole: every fragment starts before `to`, their layout digest is
@@ -254,27 +254,33 @@ def _whole_until(
     i = start
     while i < stop:
         row = rows[i]
-        if (row.layout != layout or row.start_ms + row.last_fragment_ms >= to_ms  # type: ignore[operator]
-                or row.path not in present):
+        if row.layout != layout or row.start_ms + row.last_fragment_ms >= to_ms:  # type: ignore[operator]
+            break
+        if missing and row.path in missing:
             break
         i += 1
     return i
 
 
-def _present(volume: Path, rows: Sequence[ClipRow]) -> set[str]:
-    """Which of the rows' files exist (paths relative to the volume): one listdir
-    per directory (a month of 60 s segments is 744 hour directories) rather than a
-    stat per file, so that a file removed behind the index's back is still a gap
-    in the plan, not an error halfway through the response."""
-    found: set[str] = set()
-    for directory in {row.path.rpartition("/")[0] for row in rows}:
-        try:
-            names = os.listdir(volume / directory)
-        except OSError:
-            continue
-        prefix = f"{directory}/" if directory else ""
-        found.update(prefix + name for name in names)
-    return found
+def _missing(volume: Path, rows: Sequence[ClipRow]) -> set[str]:
+    """Which of the rows' files are not there: one listdir per directory (a month
+    of 60 s segments is 744 hour directories), not a stat per file. So a file
+    removed behind the index's back is a gap in the plan, as when every file was
+    read, not an error halfway through the response."""
+    missing: set[str] = set()
+    listed: dict[str, set[str]] = {}
+    for row in rows:
+        directory, _, name = row.path.rpartition("/")
+        names = listed.get(directory)
+        if names is None:
+            try:
+                names = set(os.listdir(volume / directory))
+            except OSError:
+                names = set()
+            listed[directory] = names
+        if name not in names:
+            missing.add(row.path)
+    return missing
 
 
 def plan_clip(
@@ -289,10 +295,10 @@ def plan_clip(
     layout = 0
     stopped_early = None
     last, i = len(rows) - 1, 0
-    present = _present(volume, rows[1:last])
+    missing_files = _missing(volume, rows[1:last])
     while i <= last:
         if chosen and i < last:
-            whole = _whole_until(rows, i, last, layout, to_ms, present)
+            whole = _whole_until(rows, i, last, layout, to_ms, missing_files)
             if whole > i:
                 chosen.append(_Whole(i, whole))
                 i = whole
