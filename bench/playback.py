@@ -6,10 +6,13 @@
    ZIP, through POST /exports, against `cat` of the same segment files to the
    same disk.
    Ratio = export time / cat time (target <= 1.5).
-2. Time to first byte of clip.mp4 (5 minutes) and of playback.m3u8 (1 hour) for a
-   range 7 days back in the 10-million-row index that bench/recording.py builds
-   (cached in build/bench); the five segment files of the clip's range are hard
-   links to a real segment (the rest of that index has no files).
+2. Time to first byte of clip.mp4 (5 minutes; and 1, 7 and 31 days ending there) and
+   of playback.m3u8 (1 hour) for a range 7 days back in the 10-million-row index
+   that bench/recording.py builds (cached in build/bench): on a fresh daemon, its
+   first request (from the disk where the page cache can be dropped) and warm ones.
+   The segment files of camera c042 in those ranges are hard links to the hour's
+   real segments, which its rows describe (fmp4.Media); the rest of that index has
+   no files.
 
 `python -m bench.playback` runs both; `--skip-export`, `--skip-ttfb` one of them.
 """
@@ -31,7 +34,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.recording import AUTH, WORK, build_index, start_nvrd, stop
+from bench.recording import AUTH, WORK, build_index, start_nvrd, stop, touch_tail
 
 CAMERA = "bench"
 T0 = 1_795_514_400_000  # 2026-11-24T10:00:00Z
@@ -156,49 +159,131 @@ def first_byte_ms(base: str, path: str) -> tuple[float, int]:
     return elapsed, response.status
 
 
-def ttfb(rows: int, reps: int) -> None:
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (root only), for a first request that reads
+    the index and the files from the disk. False where it can't be done."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def ttfb_index(rows: int, reals: list[Path]) -> Path:
+    """The cached `rows`-row index; camera c042's row `id` describes the fragments
+    of reals[id % len(reals)] (fmp4.Media, as the recorder records at commit), the
+    file its requested rows are linked to."""
+    from nvrd.recording.fmp4 import scan, summarize
+
+    medias = [summarize(scan(real)) for real in reals]
     volume = WORK / f"index-{rows}" / "volume"
     db = volume / "recordings" / "index.db"
     if not db.exists():
         started = time.monotonic()
-        build_index(db.with_suffix(".part"), rows, 128)
+        build_index(db.with_suffix(".part"), rows, 128, media=medias[0])
         db.with_suffix(".part").rename(db)
         print(f"  built a {rows:,}-row index in {time.monotonic() - started:.0f} s (cached in {db.parent})")
-    conn = sqlite3.connect(db)
-    last = conn.execute("SELECT max(end_ms) FROM segment WHERE camera = 'c042'").fetchone()[0]
-    week_ago = last - 7 * 86_400_000
-    paths = [p for (p,) in conn.execute(
-        "SELECT path FROM segment WHERE camera = 'c042' AND start_ms >= ? ORDER BY start_ms LIMIT 5", (week_ago,))]
-    first = conn.execute("SELECT start_ms FROM segment WHERE path = ?", (paths[0],)).fetchone()[0]
+    from nvrd.db import connect, migrate
+    from nvrd.recording.index import MIGRATIONS
+
+    conn = connect(db)
+    migrate(conn, MIGRATIONS, db)  # an index built by bench/recording.py, or an older schema
+    changed = 0
+    conn.execute("BEGIN")
+    for k, media in enumerate(medias):
+        assert media is not None
+        changed += conn.execute(
+            "UPDATE segment SET media_offset = ?, media_bytes = ?, fragments = ?, last_fragment_ms = ?, layout = ?"
+            " WHERE camera = 'c042' AND id % ? = ? AND (media_bytes IS NOT ? OR layout IS NOT ?)",
+            (media.offset, media.bytes, media.fragments, media.last_start_ms, media.layout, len(medias), k,
+             media.bytes, media.layout),
+        ).rowcount
+    conn.execute("COMMIT")
     conn.close()
-    real = next((hour_of_video() / "recordings" / CAMERA).rglob("*.mp4"))
-    for p in paths:
-        target = volume / p
+    if changed:
+        print(f"  described {changed:,} rows of c042 as the real segments' fragments")
+    # Start-up reconciliation drops rows without files in each camera's newest hour:
+    # without these, every daemon start would shorten the index by an hour.
+    touch_tail(volume)
+    return volume
+
+
+def link_range(volume: Path, conn: sqlite3.Connection, from_ms: int, to_ms: int, reals: list[Path]) -> int:
+    """Hard-link a real segment wherever a c042 row overlapping [from, to] says a
+    file is (each real file gets a share: a month is 45 000 links, and an inode
+    takes 65 000 at most); how many were made."""
+    made = 0
+    for segment_id, path in conn.execute(
+        "SELECT id, path FROM segment WHERE camera = 'c042' AND start_ms < ? AND end_ms > ? ORDER BY start_ms",
+        (to_ms, from_ms),
+    ).fetchall():
+        target = volume / path
+        if target.exists() and target.stat().st_size > 0:
+            continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists() or target.stat().st_size == 0:
-            target.unlink(missing_ok=True)
-            os.link(real, target)
-    directory = Path(tempfile.mkdtemp(prefix="nvrd-ttfb-", dir=WORK))
-    proc, base = start_daemon(directory, volume)
-    try:
-        clip = f"/api/v1/cameras/c042/clip.mp4?from={iso(first + 10_000)}&to={iso(first + 290_000)}"
-        playlist = f"/api/v1/cameras/c042/playback.m3u8?from={iso(first)}&to={iso(first + 3_600_000)}"
-        results = {}
-        for name, path in (("clip.mp4, 5 min", clip), ("playback.m3u8, 1 h", playlist)):
+        target.unlink(missing_ok=True)
+        os.link(reals[segment_id % len(reals)], target)
+        made += 1
+    return made
+
+
+def ttfb(rows: int, reps: int) -> None:
+    """Time to first byte 7 days back: clip.mp4 of 5 minutes, and of 1, 7 and 31
+    days ending there; playback.m3u8 of 1 hour. Each on a freshly started daemon:
+    its first request, then `reps` more. Every segment file of the clips' ranges is
+    a link to one of the hour's real segments, which the rows describe; a clip
+    plans from the first and last files and the index (and lists the directories
+    between), and one byte of it is all that is read here."""
+    reals = sorted((hour_of_video() / "recordings" / CAMERA).rglob("*.mp4"))
+    volume = ttfb_index(rows, reals)
+    conn = sqlite3.connect(volume / "recordings" / "index.db")
+    last = conn.execute("SELECT max(end_ms) FROM segment WHERE camera = 'c042'").fetchone()[0]
+    first = conn.execute(
+        "SELECT start_ms FROM segment WHERE camera = 'c042' AND end_ms > ? ORDER BY start_ms LIMIT 1",
+        (last - 7 * 86_400_000,),
+    ).fetchone()[0]
+    clip_from, clip_to = first + 10_000, first + 290_000
+    day = 86_400_000
+    requests = {
+        "clip.mp4, 5 min": f"/api/v1/cameras/c042/clip.mp4?from={iso(clip_from)}&to={iso(clip_to)}",
+        "playback.m3u8, 1 h": f"/api/v1/cameras/c042/playback.m3u8?from={iso(first)}&to={iso(first + 3_600_000)}",
+    }
+    for days in (1, 7, 31):
+        requests[f"clip.mp4, {days} d"] = (
+            f"/api/v1/cameras/c042/clip.mp4?from={iso(clip_to - days * day)}&to={iso(clip_to)}"
+        )
+    made = link_range(volume, conn, clip_to - 31 * day, clip_to, reals)
+    conn.close()
+    if made:
+        print(f"  linked {made:,} segment files")
+    cold = drop_page_cache()
+    print(f"  time to first byte, 7 days back in a {rows:,}-row index, on a daemon started for each,"
+          f" then {reps} requests:")
+    print("    (first: the daemon's first request after one authenticated GET /api/v1/jobs, which pays the"
+          " scrypt of Basic once;"
+          f" {'page cache dropped before each start: from the disk' if cold else 'page cache NOT dropped (not root?): warm'})")
+    for name, path in requests.items():
+        directory = Path(tempfile.mkdtemp(prefix="nvrd-ttfb-", dir=WORK))
+        if cold:
+            drop_page_cache()
+        proc, base = start_daemon(directory, volume)
+        try:
+            auth_ms, status = first_byte_ms(base, "/api/v1/jobs")
+            assert status == 200, status
             samples = []
-            for _ in range(reps):
+            for _ in range(reps + 1):
                 ms, status = first_byte_ms(base, path)
                 assert status == 200, (name, status)
                 samples.append(ms)
-            results[name] = samples
-    finally:
-        stop(proc)  # type: ignore[arg-type]
-        shutil.rmtree(directory, ignore_errors=True)
-    print(f"  time to first byte, 7 days back in a {rows:,}-row index ({reps} requests each):")
-    for name, samples in results.items():
-        # The first request reads the index pages and segment headers from the disk.
-        print(f"    {name}: first {samples[0]:.1f} ms; then median {statistics.median(samples[1:]):.1f} ms,"
+        finally:
+            stop(proc)  # type: ignore[arg-type]
+            shutil.rmtree(directory, ignore_errors=True)
+        print(f"    {name}: first {samples[0]:.1f} ms (auth before it {auth_ms:.0f} ms);"
+              f" then median {statistics.median(samples[1:]):.1f} ms,"
               f" p95 {statistics.quantiles(samples[1:], n=20)[-1]:.1f} ms (target < 100 ms)")
+    load = os.getloadavg()
+    print(f"    load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
 
 
 def main(argv: list[str] | None = None) -> None:

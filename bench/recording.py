@@ -35,6 +35,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 TOP = Path(__file__).resolve().parents[1]
 WORK = TOP / "build" / "bench"
@@ -309,9 +310,12 @@ def streams(counts: list[int], warmup: float, window: float) -> None:
         print(f"    ratio nvrd+children / baseline CPU: {mine['cpu'] / base['cpu']:.3f} (target <= 1.15)")
 
 
-def build_index(path: Path, rows: int, cameras: int, segment_s: int = 60) -> None:
+def build_index(path: Path, rows: int, cameras: int, segment_s: int = 60, media: Any = None) -> None:
     """A synthetic index: `cameras` cameras of back-to-back 60 s segments ending now,
-    with an offline gap of 30 s every 6 hours."""
+    with an offline gap of 30 s every 6 hours. `media` (an fmp4.Media) is what
+    every row says of its file's fragments, as the recorder records at commit (the
+    playback bench's files are links to one real segment); None leaves it NULL, as
+    in rows indexed before schema 2."""
     sys.path.insert(0, str(TOP))
     from nvrd.db import connect, migrate
     from nvrd.recording.index import MIGRATIONS
@@ -325,6 +329,9 @@ def build_index(path: Path, rows: int, cameras: int, segment_s: int = 60) -> Non
     per_camera = rows // cameras
     now_ms = (time.time_ns() // 1_000_000) // 60_000 * 60_000
     first_ms = now_ms - per_camera * segment_s * 1000 - (per_camera // 360) * 30_000
+    described = (media.offset, media.bytes, media.fragments, media.last_start_ms, media.layout) if media else (None,) * 5
+    insert = ("INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes, codec, audio, path,"
+              " media_offset, media_bytes, fragments, last_fragment_ms, layout) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
     conn.execute("BEGIN")
     run_id = 0
     for c in range(cameras):
@@ -346,17 +353,15 @@ def build_index(path: Path, rows: int, cameras: int, segment_s: int = 60) -> Non
             end = t + segment_s * 1000
             day = time.strftime("%Y-%m-%d/%H", time.gmtime(t / 1000))
             batch.append((camera, run_id, t, end, 30_000_000, 900, 30, "h264", "aac",
-                          f"recordings/{camera}/{day}/{t}-{c}-{i:06d}.mp4"))
+                          f"recordings/{camera}/{day}/{t}-{c}-{i:06d}.mp4", *described))
             run_bytes += 30_000_000
             seg_in_run += 1
             t = end
             if len(batch) >= 50_000:
-                conn.executemany("INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes,"
-                                 " codec, audio, path) VALUES (?,?,?,?,?,?,?,?,?,?)", batch)
+                conn.executemany(insert, batch)
                 batch = []
         if batch:
-            conn.executemany("INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes,"
-                             " codec, audio, path) VALUES (?,?,?,?,?,?,?,?,?,?)", batch)
+            conn.executemany(insert, batch)
         conn.execute("INSERT INTO run VALUES (?,?,?,?,?,?,?)",
                      (run_id, camera, run_start, t, run_bytes, seg_in_run, "offline"))
     conn.execute("COMMIT")

@@ -13,6 +13,7 @@ position are known before the first byte is sent.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -40,6 +41,68 @@ class SegmentBoxes:
 
     def start(self, fragment: Fragment, track_id: int) -> int | None:
         return next((t for tid, t in fragment.starts if tid == track_id), None)
+
+    @property
+    def video(self) -> int:
+        """The video track's id (the lowest track id if there is none)."""
+        return next((tid for tid, t in self.tracks.items() if t.handler == "vide"), min(self.tracks))
+
+    def fragment_ms(self, fragment: Fragment, video_only: bool = False) -> float | None:
+        """When a fragment starts, in ms after the segment's time 0: its first video
+        frame; its first sample if it holds no video (a segment's last fragment can be
+        audio only), unless `video_only`."""
+        t = self.start(fragment, self.video)
+        if t is not None:
+            return t * 1000 / self.tracks[self.video].timescale
+        if video_only or not fragment.starts:
+            return None
+        return min(v * 1000 / self.tracks[tid].timescale for tid, v in fragment.starts)
+
+
+@dataclass(frozen=True)
+class Media:
+    """What a clip needs of a segment it joins whole, so that planning need not
+    read it: kept in the index when the segment is committed (summarize)."""
+
+    offset: int  # of the first moof
+    bytes: int  # every fragment (moof and media data), as a clip copies them
+    fragments: int
+    last_start_ms: int  # the latest fragment_ms, rounded up
+    layout: int  # tracks' ids, timescales, handlers and sample descriptions (layout_digest)
+
+
+def summarize(boxes: SegmentBoxes) -> Media | None:
+    """The segment's Media; None if it holds no fragment."""
+    if not boxes.fragments:
+        return None
+    video, timescales = boxes.video, {tid: t.timescale for tid, t in boxes.tracks.items()}
+    latest = 0
+    for fragment in boxes.fragments:
+        # Exactly fragment_ms rounded up, in integers: a float could round below it.
+        t = boxes.start(fragment, video)
+        if t is not None:
+            latest = max(latest, -(-t * 1000 // timescales[video]))
+        elif fragment.starts:
+            latest = max(latest, min(-(-v * 1000 // timescales[tid]) for tid, v in fragment.starts))
+    return Media(
+        offset=boxes.fragments[0].offset,
+        bytes=sum(f.size for f in boxes.fragments),
+        fragments=len(boxes.fragments),
+        last_start_ms=latest,
+        layout=layout_digest(boxes),
+    )
+
+
+def layout_digest(boxes: SegmentBoxes) -> int:
+    """64 bits of a hash of what must match for one segment's fragments to follow
+    another's init segment with the same decode-time shifts: same_tracks, and each
+    track's id, handler and timescale. A signed integer, as SQLite keeps it."""
+    digest = hashlib.sha256()
+    for tid, track in sorted(boxes.tracks.items()):
+        digest.update(f"{tid} {track.handler} {track.timescale};".encode())
+    for stsd in _sample_descriptions(boxes.moov):
+        digest.update(len(stsd).to_bytes(4, "big") + stsd)
+    return int.from_bytes(digest.digest()[:8], "big", signed=True)
 
 
 def _header(fd: int, pos: int, size: int) -> tuple[int, str, int] | None:

@@ -8,6 +8,11 @@ Tables:
   current as segments arrive and leave, and `gap_reason`: why there is a gap before
   it (offline, restart, storage-locked, disk-full, deleted, ...).
 
+Since schema 2 a segment row also says what a clip needs to join it whole without
+reading it (fmp4.Media, recorded at commit): where its fragments start
+(`media_offset`), their bytes and count, when the last one starts, and a digest of
+its track layout. NULL in rows indexed before: playback reads those files instead.
+
 `GET /recordings` reads runs, not segments: one camera over 30 days is a few rows
 to a few hundred, whatever the segment length.
 """
@@ -18,9 +23,10 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nvrd.db import Database
+from nvrd.recording.fmp4 import Media
 
 MIGRATIONS: list[str] = [
     # 1: segments and runs.
@@ -56,6 +62,15 @@ MIGRATIONS: list[str] = [
     -- Start-up finds interrupted deletes without reading every row.
     CREATE INDEX segment_deleting ON segment (id) WHERE deleting = 1;
     """,
+    # 2: what playback needs of a segment without reading it (fmp4.Media). Adding
+    # nullable columns rewrites no row: old rows read as NULL.
+    """
+    ALTER TABLE segment ADD COLUMN media_offset INTEGER;
+    ALTER TABLE segment ADD COLUMN media_bytes INTEGER;
+    ALTER TABLE segment ADD COLUMN fragments INTEGER;
+    ALTER TABLE segment ADD COLUMN last_fragment_ms INTEGER;
+    ALTER TABLE segment ADD COLUMN layout INTEGER;
+    """,
 ]
 
 INDEX_NAME = "index.db"
@@ -75,14 +90,53 @@ class SegmentRow:
     note: str | None = None
     run_id: int | None = None
     id: int | None = None
+    media: Media | None = None  # None: not known (indexed before schema 2, or unreadable)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> SegmentRow:
+        media = None
+        if row["layout"] is not None:
+            media = Media(row["media_offset"], row["media_bytes"], row["fragments"], row["last_fragment_ms"],
+                          row["layout"])
         return cls(
             camera=row["camera"], start_ms=row["start_ms"], end_ms=row["end_ms"], bytes=row["bytes"],
             frames=row["frames"], keyframes=row["keyframes"], codec=row["codec"], audio=row["audio"],
-            path=row["path"], note=row["note"], run_id=row["run_id"], id=row["id"],
+            path=row["path"], note=row["note"], run_id=row["run_id"], id=row["id"], media=media,
         )
+
+
+class ClipRow(NamedTuple):
+    """A segment as a clip plans it: a month of one camera is 45 000 of these, so
+    few columns and a plain tuple (a SegmentRow each would cost more than the
+    query)."""
+
+    id: int
+    start_ms: int
+    end_ms: int
+    bytes: int
+    path: str
+    media_offset: int | None
+    media_bytes: int | None
+    fragments: int | None
+    last_fragment_ms: int | None
+    layout: int | None  # None: no Media (indexed before schema 2)
+
+    @property
+    def media(self) -> Media | None:
+        if self.layout is None:
+            return None
+        return Media(self.media_offset, self.media_bytes, self.fragments, self.last_fragment_ms,  # type: ignore[arg-type]
+                     self.layout)
+
+    @classmethod
+    def of(cls, row: SegmentRow) -> ClipRow:
+        media = row.media
+        described = (media.offset, media.bytes, media.fragments, media.last_start_ms, media.layout) if media else (
+            None, None, None, None, None)
+        return cls(row.id or 0, row.start_ms, row.end_ms, row.bytes, row.path, *described)
+
+
+_CLIP_COLUMNS = "id, start_ms, end_ms, bytes, path, media_offset, media_bytes, fragments, last_fragment_ms, layout"
 
 
 @dataclass(frozen=True)
@@ -142,11 +196,15 @@ class RecordingIndex:
                         "INSERT INTO run (camera, start_ms, end_ms, gap_reason) VALUES (?, ?, ?, ?)",
                         (segment.camera, segment.start_ms, segment.end_ms, gap_reason),
                     ).lastrowid
+                media = segment.media
                 cursor = conn.execute(
-                    "INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes,"
-                    " codec, audio, path, note) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes, codec, audio,"
+                    " path, note, media_offset, media_bytes, fragments, last_fragment_ms, layout)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (segment.camera, run_id, segment.start_ms, segment.end_ms, segment.bytes, segment.frames,
-                     segment.keyframes, segment.codec, segment.audio, segment.path, segment.note),
+                     segment.keyframes, segment.codec, segment.audio, segment.path, segment.note,
+                     *((media.offset, media.bytes, media.fragments, media.last_start_ms, media.layout)
+                       if media else (None,) * 5)),
                 )
                 conn.execute(
                     "UPDATE run SET end_ms = max(end_ms, ?), bytes = bytes + ?, segments = segments + 1"
@@ -269,6 +327,21 @@ class RecordingIndex:
                 (camera, to_ms, from_ms - 86_400_000, from_ms, limit),
             ).fetchall()
             return [SegmentRow.from_row(r) for r in rows]
+
+        return await self.db.run(select)
+
+    async def clip_rows(self, camera: str, from_ms: int, to_ms: int, limit: int) -> list[ClipRow]:
+        """The segments overlapping [from, to], as `segments` finds them, as ClipRows."""
+
+        def select(conn: sqlite3.Connection) -> list[ClipRow]:
+            cursor = conn.cursor()
+            cursor.row_factory = None  # plain tuples: sqlite3.Row costs as much again
+            rows = cursor.execute(
+                f"SELECT {_CLIP_COLUMNS} FROM segment WHERE camera = ? AND start_ms < ? AND start_ms > ?"
+                " AND end_ms > ? AND deleting = 0 ORDER BY start_ms LIMIT ?",
+                (camera, to_ms, from_ms - 86_400_000, from_ms, limit),
+            ).fetchall()
+            return list(map(ClipRow._make, rows))
 
         return await self.db.run(select)
 

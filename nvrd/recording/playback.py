@@ -1,13 +1,16 @@
 """Playback from the stored segments, without ffmpeg: one MP4 for any range
 (clip.mp4, also what exports are made from) and HLS (docs/design/playback.md).
 
-A clip is planned from the index and the segments' boxes (fmp4.scan) before the
-first byte is sent: an init segment (the first segment's ftyp and moov, with an
-edit list so that playback starts at `from`), then the fragments of every segment
-in range, copied byte for byte except the sequence numbers and decode times
-(fmp4.patch_moof). The plan knows every byte's position, so the length, Range
-requests and the ETag come from it, and bytes are read from the files as they are
-sent: nothing is built in memory.
+A clip is planned before the first byte is sent: an init segment (the first
+segment's ftyp and moov, with an edit list so that playback starts at `from`),
+then the fragments of every segment in range, copied byte for byte except the
+sequence numbers and decode times (fmp4.patch_moof). Planning reads the boxes of
+the first and last segments only (fmp4.scan); a segment joined whole in between
+is planned from what the index keeps of it (fmp4.Media: its fragments' span and
+count, its track layout), and its boxes are read when its bytes are sent. So the
+plan knows every byte's position, the length, Range requests and the ETag come
+from it, and bytes are read from the files as they are sent: nothing is built in
+memory, and a month plans as fast as a minute.
 
 Time: a segment's place on the output timeline comes from the index (start_ms,
 the stream time anchored to the wall clock); gaps between segments are closed up,
@@ -16,19 +19,23 @@ so the footage either side plays on, and the gaps are reported beside the clip.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import UTC, datetime
 from pathlib import Path
 
 from nvrd.recording.fmp4 import (
-    Fragment, SegmentBoxes, movie_timescale, patch_moof, same_tracks, scan, with_edit_list, with_metadata,
+    Fragment, Media, SegmentBoxes, layout_digest, movie_timescale, patch_moof, same_tracks, scan, summarize,
+    with_edit_list, with_metadata,
 )
-from nvrd.recording.index import Gap, SegmentRow
+from nvrd.recording.index import ClipRow, Gap, SegmentRow
 from nvrd.recording.mp4 import Mp4Error
 
 log = logging.getLogger(__name__)
@@ -49,14 +56,67 @@ class Piece:
     """Consecutive fragments of one segment, as they appear in the output."""
 
     path: Path
-    fragments: tuple[Fragment, ...]
+    fragments: tuple[Fragment, ...] | None  # None: all of them, read when sent (`indexed` says what they are)
     shift: dict[int, int]  # ticks added to each track's decode times
     first_sequence: int  # mfhd sequence number of the first fragment here
     offset: int  # where the piece starts in the output
+    indexed: Media | None = None
 
-    @property
+    @cached_property
     def length(self) -> int:
+        if self.fragments is None:
+            assert self.indexed is not None
+            return self.indexed.bytes
         return sum(f.size for f in self.fragments)
+
+    def read_fragments(self) -> tuple[Fragment, ...]:
+        """The fragments; for a piece planned from the index, read from the file
+        now, and they must be what the index said (the length was promised)."""
+        if self.fragments is not None:
+            return self.fragments
+        try:
+            boxes = scan(self.path)
+        except Mp4Error as exc:
+            raise OSError(f"{self.path}: {exc}") from exc
+        if summarize(boxes) != self.indexed:
+            raise OSError(f"{self.path}: not the segment the index describes")
+        return boxes.fragments
+
+
+@dataclass(frozen=True)
+class Span:
+    """Segments joined whole one after another, planned from the index alone
+    (ClipRow): their pieces are made as the bytes are sent, so a month of segments
+    costs the plan one pass over the rows, not an object each."""
+
+    volume: Path
+    rows: Sequence[ClipRow]  # rows[start:stop] are the span's
+    start: int
+    stop: int
+    timescales: dict[int, int]  # of the first segment's tracks (the layout digest says they are these)
+    origin_ms: int  # start_ms of the clip's first segment
+    base_ms: int  # the clip's time 0 after origin_ms
+    closed_up_ms: int  # gaps closed up before the span's first segment, not counting the one just before it
+    previous_end_ms: int  # end_ms of the segment before the span
+    first_sequence: int
+    offset: int
+    length: int
+
+    def walk(self, start: int, end: int) -> Iterator[Piece]:
+        """The pieces holding output bytes [start, end)."""
+        closed_up, previous_end = self.closed_up_ms, self.previous_end_ms
+        sequence, offset = self.first_sequence, self.offset
+        for row in itertools.islice(self.rows, self.start, self.stop):
+            if offset >= end:
+                break
+            closed_up += max(0, row.start_ms - previous_end)
+            previous_end = row.end_ms
+            length, count = row.media_bytes or 0, row.fragments or 0
+            if offset + length > start:
+                position_ms = row.start_ms - self.origin_ms - closed_up
+                shift = {tid: ticks(position_ms, ts) - ticks(self.base_ms, ts) for tid, ts in self.timescales.items()}
+                yield Piece(self.volume / row.path, None, shift, sequence, offset, row.media)
+            offset, sequence = offset + length, sequence + count
 
 
 @dataclass(frozen=True)
@@ -64,7 +124,7 @@ class Clip:
     """A planned MP4: its init segment, then pieces; `size` bytes in all."""
 
     init: bytes
-    pieces: tuple[Piece, ...]
+    pieces: tuple[Piece | Span, ...]
     etag: str
     start_ms: int  # wall time of the first frame (the keyframe at or before `from`)
     from_ms: int  # where playback starts (the edit list)
@@ -78,10 +138,10 @@ class Clip:
         ftyp_size = int.from_bytes(self.init[:4], "big")
         init = self.init[:ftyp_size] + with_metadata(self.init[ftyp_size:], tags)
         moved = len(init) - len(self.init)
-        pieces = tuple(Piece(p.path, p.fragments, p.shift, p.first_sequence, p.offset + moved) for p in self.pieces)
+        pieces = tuple(dataclasses.replace(p, offset=p.offset + moved) for p in self.pieces)
         return Clip(init, pieces, self.etag, self.start_ms, self.from_ms, self.end_ms, self.gaps, self.stopped_early_ms)
 
-    @property
+    @cached_property
     def size(self) -> int:
         return len(self.init) + sum(p.length for p in self.pieces)
 
@@ -156,11 +216,12 @@ class Clip:
         end = self.size if end is None else min(end, self.size)
         if start < len(self.init):
             yield self.init[start : min(end, len(self.init))]
-        for piece in self.pieces:
-            if piece.offset >= end:
+        for item in self.pieces:
+            if item.offset >= end:
                 break
-            if piece.offset + piece.length > start:
-                yield from _piece_parts(piece, start, end)
+            if item.offset + item.length > start:
+                for piece in item.walk(start, end) if isinstance(item, Span) else (item,):
+                    yield from _piece_parts(piece, start, end)
 
 
 @dataclass(frozen=True)
@@ -179,7 +240,7 @@ def _piece_parts(piece: Piece, start: int, end: int) -> Iterator[bytes | Extent]
     fd = os.open(piece.path, os.O_RDONLY)
     try:
         position = piece.offset  # output offset of the current fragment
-        for index, fragment in enumerate(piece.fragments):
+        for index, fragment in enumerate(piece.read_fragments()):
             if position >= end:
                 break
             if position + fragment.size > start:
@@ -195,35 +256,99 @@ def _piece_parts(piece: Piece, start: int, end: int) -> Iterator[bytes | Extent]
         os.close(fd)
 
 
-def _video(boxes: SegmentBoxes) -> int:
-    return next((tid for tid, t in boxes.tracks.items() if t.handler == "vide"), min(boxes.tracks))
-
-
-def _fragment_ms(row: SegmentRow, boxes: SegmentBoxes, fragment: Fragment, video_only: bool = False) -> float | None:
+def _fragment_ms(row: ClipRow, boxes: SegmentBoxes, fragment: Fragment, video_only: bool = False) -> float | None:
     """Wall time of a fragment's first video frame; of its first sample if it holds
     no video (a segment's last fragment can be audio only), unless `video_only`."""
-    video = _video(boxes)
-    t = boxes.start(fragment, video)
-    if t is not None:
-        return row.start_ms + t * 1000 / boxes.tracks[video].timescale
-    if video_only or not fragment.starts:
-        return None
-    return row.start_ms + min(v * 1000 / boxes.tracks[tid].timescale for tid, v in fragment.starts)
+    t = boxes.fragment_ms(fragment, video_only)
+    return None if t is None else row.start_ms + t
 
 
-def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, gaps: list[Gap]) -> Clip | None:
-    """The clip for [from, to] over `rows` (the segments that overlap it, in order),
-    or None if no frame lies in range. Reads the segments' boxes: run it in a thread."""
-    chosen: list[tuple[SegmentRow, SegmentBoxes, list[Fragment]]] = []
-    stopped_early = None
+@dataclass(frozen=True)
+class _Part:
+    """A segment's share of a clip, read now: `fragments` of its `boxes`."""
+
+    row: ClipRow
+    boxes: SegmentBoxes
+    fragments: list[Fragment]
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """rows[start:stop]: segments joined whole, as the index describes them."""
+
+    start: int
+    stop: int
+
+
+def _whole_until(
+    rows: Sequence[ClipRow], start: int, stop: int, layout: int, to_ms: int, missing: set[str]
+) -> int:
+    """Where the segments from `start` on stop being ones the index alone can say
+    are joined whole: every fragment starts before `to`, their layout digest is
+    the first segment's (same tracks, timescales and sample descriptions), and the
+    file is there. The others are read now: rows without Media (indexed before
+    schema 2), and missing files (which become gaps)."""
+    i = start
+    while i < stop:
+        row = rows[i]
+        if row.layout != layout or row.start_ms + row.last_fragment_ms >= to_ms:  # type: ignore[operator]
+            break
+        if missing and row.path in missing:
+            break
+        i += 1
+    return i
+
+
+def _missing(volume: Path, rows: Sequence[ClipRow]) -> set[str]:
+    """Which of the rows' files are not there: one listdir per directory (a month
+    of 60 s segments is 744 hour directories), not a stat per file. So a file
+    removed behind the index's back is a gap in the plan, as when every file was
+    read, not an error halfway through the response."""
+    missing: set[str] = set()
+    listed: dict[str, set[str]] = {}
     for row in rows:
+        directory, _, name = row.path.rpartition("/")
+        names = listed.get(directory)
+        if names is None:
+            try:
+                names = set(os.listdir(volume / directory))
+            except OSError:
+                names = set()
+            listed[directory] = names
+        if name not in names:
+            missing.add(row.path)
+    return missing
+
+
+def plan_clip(
+    volume: Path, camera: str, rows: Sequence[ClipRow], from_ms: int, to_ms: int, gaps: list[Gap]
+) -> Clip | None:
+    """The clip for [from, to] over `rows` (the segments that overlap it, in order),
+    or None if no frame lies in range. Reads the boxes of the first and last
+    segments, and of any between that the index does not describe: run it in a
+    thread."""
+    chosen: list[_Part | _Whole] = []
+    missing: list[Gap] = []
+    layout = 0
+    stopped_early = None
+    last, i = len(rows) - 1, 0
+    missing_files = _missing(volume, rows[1:last])
+    while i <= last:
+        if chosen and i < last:
+            whole = _whole_until(rows, i, last, layout, to_ms, missing_files)
+            if whole > i:
+                chosen.append(_Whole(i, whole))
+                i = whole
+                continue
+        row = rows[i]
+        i += 1
         try:
             boxes = scan(volume / row.path)
         except (OSError, Mp4Error) as exc:
             # A file gone or damaged behind the index's back (by hand, a disk
             # error): the footage either side still plays, and the hole is shown.
             log.warning("clip: segment %s skipped: %s", row.path, exc)
-            gaps = sorted([*gaps, Gap(row.camera, row.start_ms, row.end_ms, "missing")], key=lambda g: g.start_ms)
+            missing.append(Gap(camera, row.start_ms, row.end_ms, "missing"))
             continue
         fragments = list(boxes.fragments)
         if not chosen:
@@ -234,7 +359,7 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
                 continue
             first = max((i for t, i in video if t <= from_ms), default=video[0][1])
             fragments = fragments[first:]
-        elif not same_tracks(chosen[0][1], boxes):
+        elif not same_tracks(_first(chosen).boxes, boxes):
             stopped_early = row.start_ms
             break
         kept = []
@@ -244,11 +369,16 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
                 break
             kept.append(fragment)
         if kept:
-            chosen.append((row, boxes, kept))
+            if not chosen:
+                layout = layout_digest(boxes)
+            chosen.append(_Part(row, boxes, kept))
+    if missing:
+        gaps = sorted([*gaps, *missing], key=lambda g: g.start_ms)
     if not chosen:
         return None
 
-    row0, boxes0, fragments0 = chosen[0]
+    part0 = _first(chosen)
+    row0, boxes0, fragments0 = part0.row, part0.boxes, part0.fragments
     # The output starts at 0 with the earliest decode time of the first fragment
     # (audio may begin a little before the keyframe).
     base_ms = min(
@@ -256,14 +386,40 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
     )
     first_frame_ms = row0.start_ms + base_ms
     lead_ms = max(0, from_ms - first_frame_ms)
+    timescales0 = {tid: track.timescale for tid, track in boxes0.tracks.items()}
 
-    pieces: list[Piece] = []
+    pieces: list[Piece | Span] = []
     offset, sequence, closed_up = 0, 1, 0
-    previous: SegmentRow | None = None
+    previous_end: int | None = None
     end_out_ms = 0
-    for row, boxes, fragments in chosen:
-        if previous is not None:
-            closed_up += max(0, row.start_ms - previous.end_ms)
+    # The ETag: what the bytes are a function of, summed over the segments (a
+    # string per segment would cost a month's clip tens of ms), with the first and
+    # last segments' cuts.
+    ids = sizes = first_offsets = counts = 0
+    for part in chosen:
+        if isinstance(part, _Whole):
+            assert previous_end is not None  # a _Whole follows the first part
+            closed_up_before, end_before = closed_up, previous_end
+            length = count = 0
+            for row in itertools.islice(rows, part.start, part.stop):
+                closed_up += max(0, row.start_ms - previous_end)
+                previous_end = row.end_ms
+                length += row.media_bytes  # type: ignore[operator]
+                count += row.fragments  # type: ignore[operator]
+                ids += row.id
+                sizes += row.bytes
+                first_offsets += row.media_offset  # type: ignore[operator]
+            pieces.append(Span(volume, rows, part.start, part.stop, timescales0, row0.start_ms, base_ms,
+                               closed_up_before, end_before, sequence, offset, length))
+            offset += length
+            sequence += count
+            counts += count
+            row = rows[part.stop - 1]
+            end_out_ms = row.end_ms - row0.start_ms - closed_up - base_ms
+            continue
+        row, boxes, fragments = part.row, part.boxes, part.fragments
+        if previous_end is not None:
+            closed_up += max(0, row.start_ms - previous_end)
         position_ms = row.start_ms - row0.start_ms - closed_up
         shift = {
             tid: ticks(position_ms, track.timescale) - ticks(base_ms, track.timescale)
@@ -279,20 +435,23 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
             following = boxes.fragments[boxes.fragments.index(fragments[-1]) + 1]
             t = _fragment_ms(row, boxes, following)
             end_out_ms = position_ms + round((t if t is not None else row.end_ms) - row.start_ms) - base_ms
-        previous = row
+        ids, sizes, first_offsets, counts = (
+            ids + row.id, sizes + row.bytes, first_offsets + fragments[0].offset, counts + len(fragments))
+        previous_end = row.end_ms
 
     movie = movie_timescale(boxes0.moov)
     media_time = {tid: ticks(lead_ms, track.timescale) for tid, track in boxes0.tracks.items()}
     moov = with_edit_list(boxes0.moov, media_time, ticks(max(0, end_out_ms - lead_ms), movie))
     init = boxes0.ftyp + moov
-    pieces = [Piece(p.path, p.fragments, p.shift, p.first_sequence, p.offset + len(init)) for p in pieces]
-
-    digest = hashlib.sha256(f"{FORMAT_VERSION} {from_ms} {to_ms}".encode())
-    for row, _boxes, fragments in chosen:
-        digest.update(f" {row.id}:{row.path}:{row.bytes}:{fragments[0].offset}:{len(fragments)}".encode())
+    last_part = chosen[-1]
+    last_row = rows[last_part.stop - 1] if isinstance(last_part, _Whole) else last_part.row
+    digest = hashlib.sha256(
+        f"{FORMAT_VERSION} {from_ms} {to_ms} {ids} {sizes} {first_offsets} {counts} {row0.path}"
+        f" {fragments0[0].offset} {len(fragments0)} {last_row.path} {offset}".encode()
+    )
     return Clip(
         init=init,
-        pieces=tuple(pieces),
+        pieces=tuple(dataclasses.replace(p, offset=p.offset + len(init)) for p in pieces),
         etag=f'"{digest.hexdigest()[:32]}"',
         start_ms=first_frame_ms,
         from_ms=max(from_ms, first_frame_ms),
@@ -300,6 +459,12 @@ def plan_clip(volume: Path, rows: list[SegmentRow], from_ms: int, to_ms: int, ga
         gaps=gaps,
         stopped_early_ms=stopped_early,
     )
+
+
+def _first(chosen: list[_Part | _Whole]) -> _Part:
+    part = chosen[0]
+    assert isinstance(part, _Part)  # the first segment is always read
+    return part
 
 
 def iso(ms: int) -> str:

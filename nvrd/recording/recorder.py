@@ -388,7 +388,7 @@ class CameraSupervisor:
         row = SegmentRow(
             camera=self.name, start_ms=start_ms, end_ms=end_ms, bytes=info.bytes, frames=info.frames,
             keyframes=info.keyframes, codec=info.codec, audio=_audio_name(info),
-            path=layout.relative(final), note=verdict.note, run_id=self.run_id,
+            path=layout.relative(final), note=verdict.note, run_id=self.run_id, media=verdict.media,
         )
         row = await index.insert(row, self.pending_reason or "restart")
         self.run_id = row.run_id
@@ -685,10 +685,10 @@ class Recorder:
         await self.require_camera(camera)
         index = self._index()
         assert self.layout is not None
-        rows = await index.segments(camera, from_ms, to_ms, limit=MAX_CLIP_SEGMENTS)
+        rows = await index.clip_rows(camera, from_ms, to_ms, limit=MAX_CLIP_SEGMENTS)
         _runs, gaps = await self.runs_and_gaps([camera], from_ms, to_ms)
         gaps = [g for g in gaps if g.end_ms > from_ms and g.start_ms < to_ms]
-        clip = await asyncio.to_thread(playback.plan_clip, self.layout.volume, rows, from_ms, to_ms, gaps)
+        clip = await asyncio.to_thread(playback.plan_clip, self.layout.volume, camera, rows, from_ms, to_ms, gaps)
         if clip is None:
             raise NotFound(f"camera {camera!r} recorded nothing between from and to", field="from", camera=camera)
         return clip
@@ -823,7 +823,7 @@ async def _reconcile_camera(layout: Layout, index: RecordingIndex, camera: str, 
             camera=camera, start_ms=start_ms, end_ms=end_ms, bytes=verdict.info.bytes,
             frames=verdict.info.frames, keyframes=verdict.info.keyframes, codec=verdict.info.codec,
             audio=_audio_name(verdict.info), path=relative, note="recovered",
-            run_id=last.run_id if same_run and last else None,
+            run_id=last.run_id if same_run and last else None, media=verdict.media,
         )
         await index.insert(row, "restart")
         report.recovered += 1
@@ -855,6 +855,7 @@ async def _reconcile_camera(layout: Layout, index: RecordingIndex, camera: str, 
             frames=verdict.info.frames, keyframes=verdict.info.keyframes, codec=verdict.info.codec,
             audio=_audio_name(verdict.info), path=layout.relative(final),
             note="recovered" + (",truncated" if verdict.info.truncated else ""), run_id=last.run_id,
+            media=verdict.media,
         )
         await index.insert(row, "restart")
         report.recovered += 1

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from nvrd.recording.ffmpeg import ClosedSegment
+from nvrd.recording.fmp4 import Media, scan, summarize
 from nvrd.recording.mp4 import Mp4Error, Mp4Info, inspect
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class Verdict:
     info: Mp4Info | None
     problem: str | None  # unreadable, no-keyframe, empty: the file is not kept
     note: str | None  # short, truncated: kept, counted
+    media: Media | None = None  # for the index: what playback needs without reading the file
 
     @property
     def keep(self) -> bool:
@@ -168,7 +170,17 @@ def judge(path: Path) -> Verdict:
         notes.append("truncated")
     if info.video_seconds < SHORTEST_S:
         notes.append("short")
-    return Verdict(info, None, ",".join(notes) or None)
+    return Verdict(info, None, ",".join(notes) or None, _media(path))
+
+
+def _media(path: Path) -> Media | None:
+    """The segment's fmp4.Media (its moofs, a few KiB, read once more while they
+    are in the page cache); None if fmp4 can't follow it: playback reads it then."""
+    try:
+        return summarize(scan(path))
+    except (Mp4Error, OSError) as exc:
+        log.warning("segment %s: no fragment table for the index: %s", path, exc)
+        return None
 
 
 def fsync_path(path: Path, directory: bool = False) -> None:

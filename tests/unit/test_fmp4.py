@@ -59,3 +59,21 @@ def test_edit_list_and_metadata_keep_the_tracks() -> None:
     again = with_edit_list(moov, {tid: 1 for tid in boxes.tracks}, 5000)
     assert again.count(b"elst") == len(tracks)
     assert again.count(struct.pack(">q", 1235)) == len(tracks)
+
+
+def test_summarize_says_what_a_clip_needs_without_reading_the_segment() -> None:
+    from nvrd.recording.fmp4 import layout_digest, summarize
+
+    boxes = scan(SEGMENT)
+    media = summarize(boxes)
+    assert media is not None
+    assert media.offset == boxes.fragments[0].offset
+    assert media.bytes == sum(f.size for f in boxes.fragments) and media.fragments == len(boxes.fragments)
+    # The latest fragment start, rounded up to the ms: no fragment starts after it.
+    latest = max(t for f in boxes.fragments if (t := boxes.fragment_ms(f)) is not None)
+    assert latest <= media.last_start_ms < latest + 1
+    # Another sample description (a camera set to another resolution): another digest.
+    moov = boxes.moov.replace(b"avc1", b"avc3")
+    assert moov != boxes.moov
+    other = type(boxes)(boxes.ftyp, moov, boxes.tracks, boxes.fragments)
+    assert layout_digest(other) != media.layout

@@ -28,7 +28,7 @@ import pytest
 
 from nvrd.recording import segments
 from nvrd.recording.ffmpeg import parse_segment_line, segment_options
-from nvrd.recording.index import RecordingIndex, SegmentRow
+from nvrd.recording.index import MIGRATIONS, RecordingIndex, SegmentRow
 from nvrd.recording.segments import Layout, Timeline
 
 from ..conftest import ADMIN, ADMIN_PASSWORD, basic
@@ -87,7 +87,7 @@ async def build_recording(
             row = await index.insert(
                 SegmentRow(camera, start_ms, end_ms, verdict.info.bytes, verdict.info.frames,
                            verdict.info.keyframes, verdict.info.codec, "aac" if verdict.info.audio else None,
-                           layout.relative(final), verdict.note, run_id),
+                           layout.relative(final), verdict.note, run_id, media=verdict.media),
                 "restart",
             )
             run_id = row.run_id
@@ -99,7 +99,9 @@ async def build_recording(
 def recording() -> Path:
     """The cached volume holding the ten-minute recording of camera `lobby`."""
     source = clip(SOURCE)
-    digest = hashlib.sha256(f"{source.name} {segment_options(SEGMENT_S)} {T0}".encode()).hexdigest()[:10]
+    # The schema version too: a newer schema records more of each segment at commit.
+    recipe = f"{source.name} {segment_options(SEGMENT_S)} {T0} {len(MIGRATIONS)}"
+    digest = hashlib.sha256(recipe.encode()).hexdigest()[:10]
     volume = RECORDINGS / f"{SOURCE}-{digest}"
     if not (volume / "done").exists():
         shutil.rmtree(volume, ignore_errors=True)

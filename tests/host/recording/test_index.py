@@ -129,3 +129,32 @@ async def test_retention_floor_deletes_oldest_across_cameras(tmp_path: Path) -> 
         assert {r.camera for r in await index.oldest(100)} == {"b"}
     finally:
         await index.close()
+
+
+async def test_a_segments_media_is_kept_and_old_rows_read_as_unknown(tmp_path: Path) -> None:
+    from nvrd.db import connect, migrate
+    from nvrd.recording.fmp4 import Media
+    from nvrd.recording.index import MIGRATIONS, ClipRow
+
+    # An index of schema 1 with one row, as nvrd wrote it before Media was kept.
+    db = tmp_path / "recordings" / "index.db"
+    db.parent.mkdir(parents=True)
+    conn = connect(db)
+    migrate(conn, MIGRATIONS[:1], db)
+    conn.execute("INSERT INTO run (id, camera, start_ms, end_ms) VALUES (1, 'c', ?, ?)", (T0, T0 + 10_000))
+    conn.execute("INSERT INTO segment (camera, run_id, start_ms, end_ms, bytes, frames, keyframes, codec, path)"
+                 " VALUES ('c', 1, ?, ?, 1000, 30, 1, 'h264', 'old')", (T0, T0 + 10_000))
+    conn.close()
+    index = RecordingIndex(tmp_path)
+    await index.open()
+    try:
+        media = Media(offset=773, bytes=27_020_667, fragments=30, last_start_ms=58_000, layout=-(2**63))
+        new = await index.insert(SegmentRow("c", T0 + 10_000, T0 + 20_000, 27_021_440, 900, 30, "h264", None, "new",
+                                            run_id=1, media=media), "restart")
+        old_row, new_row = await index.clip_rows("c", T0, T0 + 20_000, 10)
+        assert old_row.media is None and new_row.media == media
+        assert new_row == ClipRow.of(new)
+        stored = await index.segment(new.id or 0)
+        assert stored is not None and stored.media == media
+    finally:
+        await index.close()
