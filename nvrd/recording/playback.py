@@ -496,12 +496,23 @@ def hls_init(volume: Path, row: SegmentRow) -> bytes:
     return boxes.ftyp + boxes.moov
 
 
+# Live target duration, as a multiple of the segment length (see `playlist`).
+LIVE_TARGET_HEADROOM = 1.25
+
+
 def playlist(rows: list[SegmentRow], live: bool, target_s: int) -> str:
     """An HLS media playlist over stored segments (fMP4, version 7): a program
     date-time on each, a new EXT-X-MAP and a discontinuity where a run ends (a
     gap, or a new ffmpeg run whose stream may differ). `live` leaves it open
     (EVENT: it grows as segments close; no ENDLIST)."""
-    target = max([target_s, *(math.ceil((r.end_ms - r.start_ms) / 1000) for r in rows)])
+    # RFC 8216: each EXTINF, rounded to the nearest second, at most the target
+    # duration; and a live playlist's target must not change between reloads. A
+    # segment closes at the first keyframe after `target_s`, so a live target keeps
+    # a quarter of a segment's headroom for the GOP: a slightly long segment
+    # arriving later does not raise it (one longer still would: the rule above
+    # comes first).
+    floor = math.ceil(target_s * LIVE_TARGET_HEADROOM) if live else target_s
+    target = max([floor, *((r.end_ms - r.start_ms + 500) // 1000 for r in rows)])
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
