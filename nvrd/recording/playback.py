@@ -51,6 +51,12 @@ def ticks(ms: int, timescale: int) -> int:
     return ms * timescale // 1000
 
 
+def decode_shift(position_ms: int, base_ms: int, timescales: dict[int, int]) -> dict[int, int]:
+    """Ticks to add to each track's decode times for a segment placed at
+    `position_ms` on a clip whose time 0 is `base_ms` into its first segment."""
+    return {tid: ticks(position_ms, ts) - ticks(base_ms, ts) for tid, ts in timescales.items()}
+
+
 @dataclass(frozen=True)
 class Piece:
     """Consecutive fragments of one segment, as they appear in the output."""
@@ -114,7 +120,7 @@ class Span:
             length, count = row.media_bytes or 0, row.fragments or 0
             if offset + length > start:
                 position_ms = row.start_ms - self.origin_ms - closed_up
-                shift = {tid: ticks(position_ms, ts) - ticks(self.base_ms, ts) for tid, ts in self.timescales.items()}
+                shift = decode_shift(position_ms, self.base_ms, self.timescales)
                 yield Piece(self.volume / row.path, None, shift, sequence, offset, row.media)
             offset, sequence = offset + length, sequence + count
 
@@ -162,18 +168,7 @@ class Clip:
         """The whole clip into the file `fd`; media data copied by the kernel
         (copy_file_range: no trip through Python, a reflink where the filesystem
         can). `progress(n)` after every n bytes."""
-        for part in self._parts(0, None):
-            if isinstance(part, Extent):
-                offset, left = part.offset, part.length
-                while left:
-                    n = os.copy_file_range(part.fd, fd, min(left, 64 * CHUNK), offset)
-                    if n == 0:
-                        raise OSError(f"{part.path}: shorter than indexed")
-                    offset, left = offset + n, left - n
-                    progress(n)
-            else:
-                os.write(fd, part)
-                progress(len(part))
+        self._move_to(fd, lambda src, dst, n, offset: os.copy_file_range(src, dst, n, offset), 64 * CHUNK, progress)
 
     def read_into(self, start: int, buffer: bytearray | memoryview) -> int:
         """Bytes from `start` into `buffer`, as many as fit (fewer at the end of the
@@ -196,11 +191,18 @@ class Clip:
         """The whole clip into the pipe `pipe` (blocking); media data moved by the
         kernel (splice: page references, no copy through Python). `progress(n)`
         after every n bytes. For exports fed to ffmpeg."""
+        self._move_to(pipe, lambda src, dst, n, offset: os.splice(src, dst, n, offset_src=offset), CHUNK, progress)
+
+    def _move_to(
+        self, fd: int, move: Callable[[int, int, int, int], int], most: int, progress: Callable[[int], None]
+    ) -> None:
+        """The whole clip into `fd`: media data by `move(src, dst, n, src offset)`,
+        a kernel copy of at most `most` bytes a call; the rest written."""
         for part in self._parts(0, None):
             if isinstance(part, Extent):
                 offset, left = part.offset, part.length
                 while left:
-                    n = os.splice(part.fd, pipe, min(left, CHUNK), offset_src=offset)
+                    n = move(part.fd, fd, min(left, most), offset)
                     if n == 0:
                         raise OSError(f"{part.path}: shorter than indexed")
                     offset, left = offset + n, left - n
@@ -208,8 +210,7 @@ class Clip:
             else:
                 view = memoryview(part)
                 while view:
-                    n = os.write(pipe, view)
-                    view = view[n:]
+                    view = view[os.write(fd, view):]
                 progress(len(part))
 
     def _parts(self, start: int, end: int | None) -> Iterator[bytes | Extent]:
@@ -421,10 +422,7 @@ def plan_clip(
         if previous_end is not None:
             closed_up += max(0, row.start_ms - previous_end)
         position_ms = row.start_ms - row0.start_ms - closed_up
-        shift = {
-            tid: ticks(position_ms, track.timescale) - ticks(base_ms, track.timescale)
-            for tid, track in boxes.tracks.items()
-        }
+        shift = decode_shift(position_ms, base_ms, {tid: track.timescale for tid, track in boxes.tracks.items()})
         piece = Piece(volume / row.path, tuple(fragments), shift, sequence, offset)
         pieces.append(piece)
         offset += piece.length
